@@ -1,0 +1,62 @@
+// The agent's API: JSON lines over a Unix stream socket (root only).
+//
+// A client sends one request object on one line, e.g. {"op":"checkpoint","name":"alice"}.
+// The agent answers with zero or more event lines {"event":"progress","phase":..,"detail":..}
+// and then exactly one final line: {"ok":true,"result":{...}} or
+// {"ok":false,"error":{"code":"not_found","message":"..."}}; then it closes the connection.
+// Ops: version, run, ps, session, stop, checkpoint, restore, checkpoints, rm, verify.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "elsa/engine/agent.h"
+#include "elsa/unique_fd.h"
+#include "elsa/status.h"
+
+namespace elsa {
+
+constexpr const char* kDefaultSocketPath = "/run/elsa/elsad.sock";
+constexpr size_t kMaxRequestBytes = 1 << 20;
+
+// JSON shapes shared by the server and its clients.
+nlohmann::json ToJson(const SessionInfo& info);
+nlohmann::json ToJson(const Manifest& manifest, bool with_files);
+nlohmann::json ToJson(const CheckpointReport& report);
+nlohmann::json ToJson(const RestoreReport& report);
+nlohmann::json ErrorJson(const Status& status);
+// Maps an error object back into a Status (client side).
+Status StatusFromErrorJson(const nlohmann::json& error);
+
+using EventFn = std::function<void(const nlohmann::json& event)>;
+
+// Handles one decoded request against the agent; events go to `emit`. Never throws.
+nlohmann::json HandleRequest(Agent& agent, const std::string& request_line, const EventFn& emit);
+
+class ApiServer {
+ public:
+  ApiServer(Agent& agent, std::string socket_path);
+  ~ApiServer();
+  ApiServer(const ApiServer&) = delete;
+  ApiServer& operator=(const ApiServer&) = delete;
+
+  // Binds the socket (directory 0700, socket 0600). Refuses if another agent answers there.
+  Status Listen();
+  // Accepts clients until `stop` becomes true (checked at least every 200 ms).
+  void Serve(const std::atomic<bool>& stop);
+
+ private:
+  Agent& agent_;
+  std::string socket_path_;
+  UniqueFd listen_fd_;
+};
+
+// Client: sends `request`, passes events to `on_event`, returns the final result object.
+// Unavailable (with instructions to start the agent) when nothing listens on `socket_path`.
+Result<nlohmann::json> CallAgent(const std::string& socket_path, const nlohmann::json& request,
+                                 const EventFn& on_event = {});
+
+}  // namespace elsa

@@ -1,0 +1,70 @@
+// Drives CRIU through its RPC interface (`criu swrk`), so the engine gets structured results
+// and notifications instead of parsing CLI output. Options that Jupyter sessions need
+// (established TCP, external unix sockets, nftables network lock, shell job) are always set here.
+#pragma once
+
+#include <sys/types.h>
+
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "elsa/status.h"
+
+namespace elsa {
+
+struct CriuLocation {
+  std::string explicit_binary;  // --criu, or $ELSA_CRIU
+  std::string prefix;           // the bootstrap's build prefix (binary at PREFIX/sbin/criu)
+};
+
+struct CriuDumpRequest {
+  pid_t pid = 0;                // root of the tree: the session's PID-namespace init
+  int images_dir_fd = -1;
+  int work_dir_fd = -1;         // where CRIU writes its log
+  bool leave_running = false;
+};
+
+struct CriuRestoreRequest {
+  int images_dir_fd = -1;
+  int work_dir_fd = -1;
+  // CRIU resources (e.g. "pipe:[123]") replaced by our descriptors on restore.
+  std::vector<std::pair<std::string, int>> inherit_fds;
+};
+
+struct CriuOutcome {
+  double seconds = 0;
+  pid_t restored_pid = 0;  // restore only: the tree's root, a child of the caller
+  // CRIU's notifications ("network-lock", "post-dump", "post-restore", ...) with the time since
+  // the request was sent, for per-phase timing.
+  std::vector<std::pair<std::string, double>> notifications;
+};
+
+using CriuNotifyFn = std::function<void(const std::string& event)>;
+
+class CriuDriver {
+ public:
+  static constexpr const char* kDumpLog = "criu-dump.log";
+  static constexpr const char* kRestoreLog = "criu-restore.log";
+
+  // Finds a CRIU binary: the explicit one, else PREFIX/sbin/criu, else `criu` on $PATH. The
+  // error names every place looked at and the bootstrap that provides CRIU.
+  static Result<std::string> Locate(const CriuLocation& where);
+
+  explicit CriuDriver(std::string binary) : binary_(std::move(binary)) {}
+  const std::string& binary() const { return binary_; }
+
+  Result<std::string> Version() const;  // "4.2.1"
+  Result<CriuOutcome> Dump(const CriuDumpRequest& request, const CriuNotifyFn& notify = {}) const;
+  Result<CriuOutcome> Restore(const CriuRestoreRequest& request,
+                              const CriuNotifyFn& notify = {}) const;
+
+ private:
+  std::string binary_;
+};
+
+// The most telling lines of a CRIU log: its errors, with a little context, at most `max_lines`.
+std::string SummarizeCriuLog(const std::string& log_text, size_t max_lines = 12);
+
+}  // namespace elsa

@@ -1,0 +1,369 @@
+#include "elsa/engine/agent.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+
+#include "elsa/engine/session_process.h"
+#include "elsa/file_util.h"
+
+namespace elsa {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+std::string NewCheckpointId(const std::string& session_name) {
+  auto now = std::chrono::system_clock::now();
+  std::time_t t = std::chrono::system_clock::to_time_t(now);
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "-%04d%02d%02d-%02d%02d%02d-%03lld", tm.tm_year + 1900, tm.tm_mon + 1,
+                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<long long>(ms));
+  // Ids are bounded at 128 characters; the session name is at most 128, so trim it.
+  return session_name.substr(0, 100) + buf;
+}
+
+void Report(const ProgressFn& progress, const std::string& phase, const std::string& detail) {
+  if (progress) progress(phase, detail);
+}
+
+}  // namespace
+
+struct Agent::Session {
+  uint64_t serial = 0;
+  SessionInfo info;
+  Clock::time_point started = Clock::now();
+  bool busy = false;    // a checkpoint or stop is in progress
+  bool reaped = false;  // the root process has been waited for
+  std::unique_ptr<SessionSupervisor> supervisor;
+};
+
+Agent::Agent(AgentConfig config)
+    : config_(std::move(config)), store_(config_.state_dir + "/checkpoints") {}
+
+Agent::~Agent() {
+  // Supervisors are stopped outside the lock: their exit callbacks take it.
+  std::map<std::string, std::unique_ptr<Session>> sessions;
+  {
+    std::lock_guard lock(mu_);
+    sessions.swap(sessions_);
+  }
+  sessions.clear();
+}
+
+Status Agent::Open() {
+  ELSA_RETURN_IF_ERROR(MakeDirs(config_.state_dir, 0700));
+  ELSA_RETURN_IF_ERROR(MakeDirs(config_.state_dir + "/sessions", 0700));
+  ELSA_RETURN_IF_ERROR(MakeDirs(config_.state_dir + "/run", 0700));
+  return store_.Open();
+}
+
+Result<std::string> Agent::CriuBinary() const { return CriuDriver::Locate(config_.criu); }
+
+std::string Agent::LogPathFor(const std::string& name) const {
+  return config_.state_dir + "/sessions/" + name + ".log";
+}
+
+Agent::Session* Agent::FindLocked(const std::string& name) {
+  auto it = sessions_.find(name);
+  return it == sessions_.end() ? nullptr : it->second.get();
+}
+
+SessionInfo Agent::Describe(const Session& s) const {
+  SessionInfo info = s.info;
+  if (info.state == "running") {
+    info.uptime_seconds = SecondsSince(s.started);
+    TreeStats stats = ProcessTreeStats(info.pid);
+    info.processes = stats.processes;
+    info.rss_bytes = stats.rss_bytes;
+  }
+  return info;
+}
+
+Result<SessionInfo> Agent::AdoptLocked(SessionInfo info, UniqueFd output_read_end,
+                                       std::unique_ptr<Session>* replaced) {
+  auto session = std::make_unique<Session>();
+  session->serial = next_serial_++;
+  const uint64_t serial = session->serial;
+  info.state = "running";
+  info.log_path = LogPathFor(info.name);
+  session->info = info;
+  auto supervisor = SessionSupervisor::Start(
+      info.pid, std::move(output_read_end), info.log_path,
+      [this, serial](int exit_code, int signal) { OnExit(serial, exit_code, signal); });
+  if (!supervisor.ok()) {
+    ::kill(info.pid, SIGKILL);  // unsupervised, it would be a stray tree
+    return supervisor.status();
+  }
+  session->supervisor = std::move(*supervisor);
+  auto it = sessions_.find(info.name);
+  if (it != sessions_.end()) {
+    *replaced = std::move(it->second);
+    it->second = std::move(session);
+  } else {
+    sessions_.emplace(info.name, std::move(session));
+  }
+  return info;
+}
+
+Result<SessionInfo> Agent::Run(const RunRequest& request) {
+  ELSA_RETURN_IF_ERROR(ValidateIdentifier("session name", request.name));
+  if (request.argv.empty()) return Status::InvalidArgument("no command given: elsa run --name NAME -- CMD ARGS...");
+  std::unique_ptr<Session> replaced;
+  Result<SessionInfo> result = Status::Internal("unreachable");
+  {
+    std::lock_guard lock(mu_);
+    if (Session* s = FindLocked(request.name); (s && s->info.state == "running") || reserved_names_.count(request.name))
+      return Status::AlreadyExists("a session named '" + request.name + "' is already running");
+    ELSA_ASSIGN_OR_RETURN(OutputPipe pipe, OutputPipe::Create());
+    SpawnSpec spec{request.argv, request.env, request.workdir.empty() ? "/" : request.workdir};
+    ELSA_ASSIGN_OR_RETURN(pid_t pid, SpawnInPidNamespace(spec, pipe));
+    pipe.write_end.Reset();  // the session holds the only write ends now
+    SessionInfo info;
+    info.name = request.name;
+    info.pid = pid;
+    info.command = request.argv;
+    info.workdir = spec.workdir;
+    info.started_at = NowIso8601();
+    result = AdoptLocked(std::move(info), std::move(pipe.read_end), &replaced);
+  }
+  return result;
+}
+
+std::vector<SessionInfo> Agent::Sessions() {
+  std::lock_guard lock(mu_);
+  std::vector<SessionInfo> out;
+  for (const auto& [name, s] : sessions_) out.push_back(Describe(*s));
+  return out;
+}
+
+Result<SessionInfo> Agent::GetSession(const std::string& name) {
+  ELSA_RETURN_IF_ERROR(ValidateIdentifier("session name", name));
+  std::lock_guard lock(mu_);
+  Session* s = FindLocked(name);
+  if (!s) return Status::NotFound("no session named '" + name + "' (`elsa ps` lists sessions)");
+  return Describe(*s);
+}
+
+void Agent::OnExit(uint64_t serial, int exit_code, int signal) {
+  std::lock_guard lock(mu_);
+  for (auto& [name, s] : sessions_) {
+    if (s->serial != serial) continue;
+    s->reaped = true;
+    s->info.exit_code = exit_code;
+    s->info.exit_signal = signal;
+    if (s->info.state == "running") {
+      s->info.state = "exited";
+      std::fprintf(stderr, "elsad: session %s (pid %d) exited (%s %d)\n", name.c_str(), s->info.pid,
+                   signal ? "signal" : "code", signal ? signal : exit_code);
+    }
+  }
+  exited_cv_.notify_all();
+}
+
+bool Agent::WaitForExit(std::unique_lock<std::mutex>& lock, uint64_t serial, int timeout_s) {
+  return exited_cv_.wait_for(lock, std::chrono::seconds(timeout_s), [&] {
+    for (const auto& [name, s] : sessions_)
+      if (s->serial == serial) return s->reaped;
+    return true;  // forgotten meanwhile
+  });
+}
+
+Status Agent::Stop(const std::string& name, int timeout_s) {
+  ELSA_RETURN_IF_ERROR(ValidateIdentifier("session name", name));
+  std::unique_ptr<Session> forgotten;
+  {
+    std::unique_lock lock(mu_);
+    Session* s = FindLocked(name);
+    if (!s) return Status::NotFound("no session named '" + name + "' (`elsa ps` lists sessions)");
+    if (s->busy) return Status::FailedPrecondition("session '" + name + "' is being checkpointed; try again when it is done");
+    const uint64_t serial = s->serial;
+    const pid_t pid = s->info.pid;
+    if (!s->reaped) {
+      // Signals to a PID-namespace init only land if it handles them; SIGKILL always does.
+      ::kill(pid, SIGTERM);
+      if (!WaitForExit(lock, serial, timeout_s)) {
+        ::kill(pid, SIGKILL);
+        if (!WaitForExit(lock, serial, 10))
+          return Status::Timeout("session '" + name + "' (pid " + std::to_string(pid) + ") did not exit after SIGKILL");
+      }
+    }
+    auto it = sessions_.find(name);
+    if (it != sessions_.end() && it->second->serial == serial) {
+      forgotten = std::move(it->second);
+      sessions_.erase(it);
+    }
+  }
+  return Status::Ok();
+}
+
+Result<CheckpointReport> Agent::Checkpoint(const std::string& name, bool leave_running, const ProgressFn& progress) {
+  ELSA_RETURN_IF_ERROR(ValidateIdentifier("session name", name));
+  const auto start = Clock::now();
+  SessionInfo info;
+  uint64_t serial;
+  {
+    std::lock_guard lock(mu_);
+    Session* s = FindLocked(name);
+    if (!s) return Status::NotFound("no session named '" + name + "' (`elsa ps` lists sessions)");
+    if (s->info.state != "running")
+      return Status::FailedPrecondition("session '" + name + "' is " + s->info.state + ", not running");
+    if (s->busy) return Status::FailedPrecondition("session '" + name + "' is already being checkpointed");
+    s->busy = true;
+    info = s->info;
+    serial = s->serial;
+  }
+  auto clear_busy = [&] {
+    std::lock_guard lock(mu_);
+    for (auto& [n, s] : sessions_)
+      if (s->serial == serial) s->busy = false;
+  };
+
+  auto report = [&]() -> Result<CheckpointReport> {
+    ELSA_ASSIGN_OR_RETURN(std::string criu_binary, CriuBinary());
+    CriuDriver criu(criu_binary);
+    ELSA_ASSIGN_OR_RETURN(std::string criu_version, criu.Version());
+    std::string id = NewCheckpointId(name);
+    ELSA_ASSIGN_OR_RETURN(PendingCheckpoint pending, store_.Begin(id));
+    ELSA_ASSIGN_OR_RETURN(UniqueFd dir_fd, OpenDirectory(pending.dir()));
+
+    Manifest manifest;
+    manifest.created_at = NowIso8601();
+    manifest.host = Hostname();
+    manifest.kernel = KernelRelease();
+    manifest.criu_version = criu_version;
+    manifest.session_name = info.name;
+    manifest.command = info.command;
+    manifest.workdir = info.workdir;
+    manifest.session_started_at = info.started_at;
+    manifest.source_pid = info.pid;
+    manifest.output_pipes = OutputPipeKeys(info.pid);
+    manifest.leave_running = leave_running;
+
+    Report(progress, "dump", "freezing and dumping pid " + std::to_string(info.pid) + " with CRIU " + criu_version);
+    CriuDumpRequest dump{info.pid, dir_fd.get(), dir_fd.get(), leave_running};
+    ELSA_ASSIGN_OR_RETURN(CriuOutcome outcome, criu.Dump(dump, [&](const std::string& event) {
+                            Report(progress, "criu", event);
+                          }));
+    CheckpointReport out;
+    out.dump_seconds = outcome.seconds;
+    out.criu_events = outcome.notifications;
+    manifest.dump_seconds = outcome.seconds;
+
+    if (!leave_running) {
+      // CRIU has killed the tree; wait until it is reaped so "gone" means gone.
+      std::unique_lock lock(mu_);
+      for (auto& [n, s] : sessions_)
+        if (s->serial == serial) s->info.state = "checkpointed";
+      if (!WaitForExit(lock, serial, 10))
+        std::fprintf(stderr, "elsad: session %s not reaped 10 s after its dump\n", name.c_str());
+    }
+
+    Report(progress, "commit", "checksumming and syncing the images");
+    const auto commit_start = Clock::now();
+    ELSA_ASSIGN_OR_RETURN(out.manifest, pending.Commit(std::move(manifest), /*keep_on_failure=*/!leave_running));
+    out.commit_seconds = SecondsSince(commit_start);
+    out.total_seconds = SecondsSince(start);
+    {
+      std::lock_guard lock(mu_);
+      for (auto& [n, s] : sessions_)
+        if (s->serial == serial) s->info.last_checkpoint = out.manifest.id;
+    }
+    return out;
+  }();
+  clear_busy();
+  if (!report.ok()) return report.status().WithContext("checkpoint of session '" + name + "'");
+  return report;
+}
+
+Result<RestoreReport> Agent::Restore(const std::string& checkpoint_id, const std::string& new_name,
+                                     const ProgressFn& progress) {
+  const auto start = Clock::now();
+  ELSA_ASSIGN_OR_RETURN(Manifest manifest, store_.Load(checkpoint_id));
+  const std::string name = new_name.empty() ? manifest.session_name : new_name;
+  ELSA_RETURN_IF_ERROR(ValidateIdentifier("session name", name));
+  {
+    std::lock_guard lock(mu_);
+    Session* s = FindLocked(name);
+    if ((s && s->info.state == "running") || reserved_names_.count(name))
+      return Status::AlreadyExists("a session named '" + name + "' is running; restore under another name with --name");
+    reserved_names_[name] = true;
+  }
+  auto release_name = [&] {
+    std::lock_guard lock(mu_);
+    reserved_names_.erase(name);
+  };
+
+  std::unique_ptr<Session> replaced;
+  auto report = [&]() -> Result<RestoreReport> {
+    RestoreReport out;
+    out.checkpoint_id = checkpoint_id;
+    Report(progress, "verify", "checking " + std::to_string(manifest.files.size()) + " files (" +
+                                   std::to_string(manifest.TotalBytes()) + " bytes) against the manifest");
+    const auto verify_start = Clock::now();
+    ELSA_RETURN_IF_ERROR(store_.Verify(manifest));
+    out.verify_seconds = SecondsSince(verify_start);
+
+    ELSA_ASSIGN_OR_RETURN(std::string criu_binary, CriuBinary());
+    CriuDriver criu(criu_binary);
+    ELSA_ASSIGN_OR_RETURN(UniqueFd images_fd, OpenDirectory(store_.PathOf(checkpoint_id)));
+    // CRIU writes its restore log into a scratch directory, keeping the checkpoint pristine.
+    const std::string work_dir = config_.state_dir + "/run/restore-" + checkpoint_id;
+    ELSA_RETURN_IF_ERROR(RemoveTree(work_dir));
+    ELSA_RETURN_IF_ERROR(MakeDirs(work_dir, 0700));
+    struct RemoveOnExit {
+      std::string path;
+      ~RemoveOnExit() { (void)RemoveTree(path); }
+    } cleanup{work_dir};
+    ELSA_ASSIGN_OR_RETURN(UniqueFd work_fd, OpenDirectory(work_dir));
+
+    ELSA_ASSIGN_OR_RETURN(OutputPipe pipe, OutputPipe::Create());
+    CriuRestoreRequest request{images_fd.get(), work_fd.get(), {}};
+    for (const auto& key : manifest.output_pipes) request.inherit_fds.emplace_back(key, pipe.write_end.get());
+
+    Report(progress, "restore", "restoring with CRIU from " + store_.PathOf(checkpoint_id));
+    ELSA_ASSIGN_OR_RETURN(CriuOutcome outcome, criu.Restore(request, [&](const std::string& event) {
+                            Report(progress, "criu", event);
+                          }));
+    pipe.write_end.Reset();
+    out.restore_seconds = outcome.seconds;
+    out.criu_events = outcome.notifications;
+
+    SessionInfo info;
+    info.name = name;
+    info.pid = outcome.restored_pid;
+    info.command = manifest.command;
+    info.workdir = manifest.workdir;
+    info.started_at = manifest.session_started_at;
+    info.restored_from = checkpoint_id;
+    info.last_checkpoint = checkpoint_id;
+    std::lock_guard lock(mu_);
+    ELSA_ASSIGN_OR_RETURN(out.session, AdoptLocked(std::move(info), std::move(pipe.read_end), &replaced));
+    out.total_seconds = SecondsSince(start);
+    return out;
+  }();
+  release_name();
+  replaced.reset();
+  if (!report.ok()) return report.status().WithContext("restore of " + checkpoint_id);
+  return report;
+}
+
+Result<std::vector<Manifest>> Agent::Checkpoints() const { return store_.List(); }
+
+Status Agent::RemoveCheckpoint(const std::string& checkpoint_id) { return store_.Remove(checkpoint_id); }
+
+Result<Manifest> Agent::VerifyCheckpoint(const std::string& checkpoint_id) const {
+  ELSA_ASSIGN_OR_RETURN(Manifest manifest, store_.Load(checkpoint_id));
+  ELSA_RETURN_IF_ERROR(store_.Verify(manifest));
+  return manifest;
+}
+
+}  // namespace elsa

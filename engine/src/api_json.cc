@@ -1,0 +1,85 @@
+#include <map>
+
+#include "elsa/engine/api.h"
+#include "elsa/file_util.h"
+
+namespace elsa {
+
+using nlohmann::json;
+
+namespace {
+json EventsJson(const std::vector<std::pair<std::string, double>>& events) {
+  json out = json::array();
+  for (const auto& [name, t] : events) out.push_back({{"event", name}, {"at_seconds", t}});
+  return out;
+}
+}  // namespace
+
+json ToJson(const SessionInfo& s) {
+  json j = {{"name", s.name},       {"pid", s.pid},
+            {"state", s.state},     {"command", s.command},
+            {"workdir", s.workdir}, {"started_at", s.started_at},
+            {"uptime_seconds", s.uptime_seconds}, {"processes", s.processes},
+            {"rss_bytes", s.rss_bytes}, {"log", s.log_path},
+            {"restored_from", s.restored_from}, {"last_checkpoint", s.last_checkpoint}};
+  if (s.state == "exited") {
+    j["exit_code"] = s.exit_code;
+    j["exit_signal"] = s.exit_signal;
+  }
+  return j;
+}
+
+json ToJson(const Manifest& m, bool with_files) {
+  json j = {{"id", m.id},
+            {"session", m.session_name},
+            {"created_at", m.created_at},
+            {"host", m.host},
+            {"kernel", m.kernel},
+            {"criu_version", m.criu_version},
+            {"command", m.command},
+            {"leave_running", m.leave_running},
+            {"dump_seconds", m.dump_seconds},
+            {"files", m.files.size()},
+            {"size_bytes", m.TotalBytes()}};
+  if (with_files) {
+    json files = json::array();
+    for (const auto& f : m.files) files.push_back({{"name", f.name}, {"size", f.size}, {"xxh3", HexU64(f.xxh3)}});
+    j["file_list"] = files;
+  }
+  return j;
+}
+
+json ToJson(const CheckpointReport& r) {
+  return {{"checkpoint", ToJson(r.manifest, false)},
+          {"timings", {{"dump_seconds", r.dump_seconds}, {"commit_seconds", r.commit_seconds},
+                       {"total_seconds", r.total_seconds}}},
+          {"criu_events", EventsJson(r.criu_events)}};
+}
+
+json ToJson(const RestoreReport& r) {
+  return {{"session", ToJson(r.session)},
+          {"checkpoint_id", r.checkpoint_id},
+          {"timings", {{"verify_seconds", r.verify_seconds}, {"restore_seconds", r.restore_seconds},
+                       {"total_seconds", r.total_seconds}}},
+          {"criu_events", EventsJson(r.criu_events)}};
+}
+
+json ErrorJson(const Status& status) {
+  return {{"ok", false}, {"error", {{"code", StatusCodeName(status.code())}, {"message", status.message()}}}};
+}
+
+Status StatusFromErrorJson(const json& error) {
+  static const std::map<std::string, StatusCode> kCodes = [] {
+    std::map<std::string, StatusCode> m;
+    for (int c = 0; c <= static_cast<int>(StatusCode::kInternal); ++c)
+      m[std::string(StatusCodeName(static_cast<StatusCode>(c)))] = static_cast<StatusCode>(c);
+    return m;
+  }();
+  std::string code = error.value("code", "internal");
+  std::string message = error.value("message", "the agent gave no reason");
+  auto it = kCodes.find(code);
+  StatusCode c = it == kCodes.end() || it->second == StatusCode::kOk ? StatusCode::kInternal : it->second;
+  return Status(c, message);
+}
+
+}  // namespace elsa
