@@ -257,6 +257,10 @@ Result<CheckpointReport> Agent::Checkpoint(const std::string& name, bool leave_r
     out.dump_seconds = outcome.seconds;
     out.criu_events = outcome.notifications;
     manifest.dump_seconds = outcome.seconds;
+    if (!leave_running) {
+      auto log = ReadFile(pending.dir() + "/" + CriuDriver::kDumpLog);
+      if (log.ok()) manifest.network_lock_table = CriuNetworkLockTable(*log);
+    }
 
     if (!leave_running) {
       // CRIU has killed the tree; wait until it is reaped so "gone" means gone.
@@ -358,7 +362,14 @@ Result<RestoreReport> Agent::Restore(const std::string& checkpoint_id, const std
 
 Result<std::vector<Manifest>> Agent::Checkpoints() const { return store_.List(); }
 
-Status Agent::RemoveCheckpoint(const std::string& checkpoint_id) { return store_.Remove(checkpoint_id); }
+Status Agent::RemoveCheckpoint(const std::string& checkpoint_id) {
+  auto manifest = store_.Load(checkpoint_id);  // a damaged checkpoint can still be removed
+  ELSA_RETURN_IF_ERROR(store_.Remove(checkpoint_id));
+  // Never restored here, CRIU's lock on the dead connections would outlive the checkpoint.
+  if (manifest.ok() && !manifest->network_lock_table.empty())
+    (void)DropCriuNetworkLock(manifest->network_lock_table);
+  return Status::Ok();
+}
 
 Result<Manifest> Agent::VerifyCheckpoint(const std::string& checkpoint_id) const {
   ELSA_ASSIGN_OR_RETURN(Manifest manifest, store_.Load(checkpoint_id));

@@ -39,6 +39,7 @@ json ToJson(const Manifest& m, bool with_files) {
             {"command", m.command},
             {"leave_running", m.leave_running},
             {"dump_seconds", m.dump_seconds},
+            {"network_lock_table", m.network_lock_table},
             {"files", m.files.size()},
             {"size_bytes", m.TotalBytes()}};
   if (with_files) {

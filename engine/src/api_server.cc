@@ -23,29 +23,27 @@ namespace {
 
 // Typed access to request fields: a wrong type is the client's error, not a crash.
 template <typename T>
-Result<T> Field(const json& req, const char* key, T fallback, bool required = false) {
+Status ReadField(const json& req, const char* key, T* out, bool required = false) {
   auto it = req.find(key);
   if (it == req.end() || it->is_null()) {
     if (required) return Status::InvalidArgument(std::string("request lacks '") + key + "'");
-    return fallback;
+    return Status::Ok();
   }
   try {
-    return it->get<T>();
+    *out = it->get<T>();
   } catch (const json::exception&) {
     return Status::InvalidArgument(std::string("request field '") + key + "' has the wrong type");
   }
+  return Status::Ok();
 }
 
 json Ok(json result) { return {{"ok", true}, {"result", std::move(result)}}; }
 
-json Dispatch(Agent& agent, const json& req, const EventFn& emit) {
+json ExecuteRequest(Agent& agent, const ApiRequest& req, const EventFn& emit) {
   auto progress = [&](const std::string& phase, const std::string& detail) {
     emit({{"event", "progress"}, {"phase", phase}, {"detail", detail}});
   };
-  auto op = Field<std::string>(req, "op", "", true);
-  if (!op.ok()) return ErrorJson(op.status());
-  const std::string& o = *op;
-
+  const std::string& o = req.op;
   if (o == "version") {
     json j = {{"agent", "elsad"}, {"api", 1}, {"state_dir", agent.config().state_dir}};
     auto criu = agent.CriuBinary();
@@ -66,57 +64,34 @@ json Dispatch(Agent& agent, const json& req, const EventFn& emit) {
     return Ok(out);
   }
   if (o == "run") {
-    RunRequest r;
-    auto name = Field<std::string>(req, "name", "", true);
-    auto argv = Field<std::vector<std::string>>(req, "argv", {}, true);
-    auto env = Field<std::vector<std::string>>(req, "env", {});
-    auto workdir = Field<std::string>(req, "workdir", "/");
-    for (const Status* s : {&name.status(), &argv.status(), &env.status(), &workdir.status()})
-      if (!s->ok()) return ErrorJson(*s);
-    r.name = *name;
-    r.argv = *argv;
-    r.env = *env;
-    r.workdir = *workdir;
-    auto info = agent.Run(r);
+    auto info = agent.Run({req.name, req.argv, req.env, req.workdir});
     return info.ok() ? Ok(ToJson(*info)) : ErrorJson(info.status());
   }
-
-  // The remaining ops take a session name or a checkpoint id.
-  const bool by_checkpoint = o == "restore" || o == "rm" || o == "verify";
-  auto target = Field<std::string>(req, by_checkpoint ? "checkpoint" : "name", "", true);
-  if (!target.ok()) return ErrorJson(target.status());
-
   if (o == "session") {
-    auto info = agent.GetSession(*target);
+    auto info = agent.GetSession(req.name);
     return info.ok() ? Ok(ToJson(*info)) : ErrorJson(info.status());
   }
   if (o == "stop") {
-    auto timeout = Field<int>(req, "timeout_seconds", 10);
-    if (!timeout.ok()) return ErrorJson(timeout.status());
-    Status s = agent.Stop(*target, *timeout);
-    return s.ok() ? Ok({{"stopped", *target}}) : ErrorJson(s);
+    Status s = agent.Stop(req.name, req.timeout_seconds);
+    return s.ok() ? Ok({{"stopped", req.name}}) : ErrorJson(s);
   }
   if (o == "checkpoint") {
-    auto leave = Field<bool>(req, "leave_running", false);
-    if (!leave.ok()) return ErrorJson(leave.status());
-    auto report = agent.Checkpoint(*target, *leave, progress);
+    auto report = agent.Checkpoint(req.name, req.leave_running, progress);
     return report.ok() ? Ok(ToJson(*report)) : ErrorJson(report.status());
   }
   if (o == "restore") {
-    auto name = Field<std::string>(req, "name", "");
-    if (!name.ok()) return ErrorJson(name.status());
-    auto report = agent.Restore(*target, *name, progress);
+    auto report = agent.Restore(req.checkpoint, req.name, progress);
     return report.ok() ? Ok(ToJson(*report)) : ErrorJson(report.status());
   }
   if (o == "rm") {
-    Status s = agent.RemoveCheckpoint(*target);
-    return s.ok() ? Ok({{"removed", *target}}) : ErrorJson(s);
+    Status s = agent.RemoveCheckpoint(req.checkpoint);
+    return s.ok() ? Ok({{"removed", req.checkpoint}}) : ErrorJson(s);
   }
   if (o == "verify") {
-    auto m = agent.VerifyCheckpoint(*target);
+    auto m = agent.VerifyCheckpoint(req.checkpoint);
     return m.ok() ? Ok(ToJson(*m, true)) : ErrorJson(m.status());
   }
-  return ErrorJson(Status::InvalidArgument("unknown op '" + o + "'"));
+  return ErrorJson(Status::Internal("op '" + o + "' passed parsing but has no handler"));
 }
 
 bool WriteLine(int fd, const json& j) {
@@ -171,12 +146,42 @@ void ServeClient(Agent& agent, int fd) {
 
 }  // namespace
 
+Result<ApiRequest> ParseApiRequest(std::string_view line) {
+  if (line.size() > kMaxRequestBytes) return Status::InvalidArgument("request longer than 1 MiB");
+  json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return Status::InvalidArgument("request is not a JSON object");
+  ApiRequest req;
+  ELSA_RETURN_IF_ERROR(ReadField(j, "op", &req.op, true));
+  const std::string& o = req.op;
+  if (o == "version" || o == "ps" || o == "checkpoints") return req;
+  if (o == "run") {
+    ELSA_RETURN_IF_ERROR(ReadField(j, "name", &req.name, true));
+    ELSA_RETURN_IF_ERROR(ReadField(j, "argv", &req.argv, true));
+    ELSA_RETURN_IF_ERROR(ReadField(j, "env", &req.env));
+    ELSA_RETURN_IF_ERROR(ReadField(j, "workdir", &req.workdir));
+    return req;
+  }
+  if (o == "session" || o == "stop" || o == "checkpoint") {
+    ELSA_RETURN_IF_ERROR(ReadField(j, "name", &req.name, true));
+    ELSA_RETURN_IF_ERROR(ReadField(j, "timeout_seconds", &req.timeout_seconds));
+    ELSA_RETURN_IF_ERROR(ReadField(j, "leave_running", &req.leave_running));
+    if (req.timeout_seconds < 0 || req.timeout_seconds > 3600)
+      return Status::InvalidArgument("timeout_seconds must be between 0 and 3600");
+    return req;
+  }
+  if (o == "restore" || o == "rm" || o == "verify") {
+    ELSA_RETURN_IF_ERROR(ReadField(j, "checkpoint", &req.checkpoint, true));
+    ELSA_RETURN_IF_ERROR(ReadField(j, "name", &req.name));
+    return req;
+  }
+  return Status::InvalidArgument("unknown op '" + o + "'");
+}
+
 json HandleRequest(Agent& agent, const std::string& request_line, const EventFn& emit) {
-  json req = json::parse(request_line, nullptr, /*allow_exceptions=*/false);
-  if (req.is_discarded() || !req.is_object())
-    return ErrorJson(Status::InvalidArgument("request is not a JSON object"));
+  auto req = ParseApiRequest(request_line);
+  if (!req.ok()) return ErrorJson(req.status());
   try {
-    return Dispatch(agent, req, emit);
+    return ExecuteRequest(agent, *req, emit);
   } catch (const std::exception& e) {
     return ErrorJson(Status::Internal(std::string("unexpected error: ") + e.what()));
   }

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -224,6 +225,42 @@ Result<CriuOutcome> CriuDriver::Restore(const CriuRestoreRequest& request,
   for (const auto& [key, fd] : request.inherit_fds) fds.push_back(fd);
   return Converse(binary_, BuildRestoreRequest(request), fds, request.work_dir_fd, kRestoreLog,
                   "restore", notify);
+}
+
+std::string CriuNetworkLockTable(const std::string& log_text) {
+  // CRIU logs its run id first thing; the dump worker's is the last one. The table name is
+  // "CRIU-" + the id cut to fit CRIU's 32-byte buffer (netfilter.c, nftables_get_table).
+  static constexpr std::string_view kMarker = "CRIU run id = ";
+  size_t at = log_text.rfind(kMarker);
+  if (at == std::string::npos) return "";
+  size_t start = at + kMarker.size();
+  size_t end = log_text.find('\n', start);
+  std::string run_id = log_text.substr(start, end == std::string::npos ? std::string::npos : end - start);
+  constexpr size_t kTableBuffer = 32;
+  std::string table = "inet CRIU-" + run_id;
+  if (table.size() > kTableBuffer - 1) table.resize(kTableBuffer - 1);
+  for (char c : run_id)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-')) return "";
+  return table;
+}
+
+Status DropCriuNetworkLock(const std::string& table) {
+  if (table.rfind("inet CRIU-", 0) != 0) return Status::InvalidArgument("not a CRIU lock table: " + table);
+  const std::string name = table.substr(5);
+  const char* argv[] = {"nft", "delete", "table", "inet", name.c_str(), nullptr};
+  pid_t pid = ::fork();
+  if (pid < 0) return Status::FromErrno("fork for nft", errno);
+  if (pid == 0) {
+    int devnull = ::open("/dev/null", O_RDWR);
+    ::dup2(devnull, 1);
+    ::dup2(devnull, 2);
+    ::execvp("nft", const_cast<char* const*>(argv));
+    ::_exit(127);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+  // A missing table is the usual case (the checkpoint was restored): nothing to do.
+  return Status::Ok();
 }
 
 std::string SummarizeCriuLog(const std::string& log_text, size_t max_lines) {

@@ -93,6 +93,7 @@ std::string ManifestToJson(const Manifest& m) {
         {"output_pipes", m.output_pipes}}},
       {"leave_running", m.leave_running},
       {"dump_seconds", m.dump_seconds},
+      {"network_lock_table", m.network_lock_table},
       {"total_bytes", m.TotalBytes()},
       {"files", files},
   };
@@ -111,7 +112,8 @@ Result<Manifest> ManifestFromJson(std::string_view text) {
     return Status::Corruption("manifest format '" + format + "' is not " + std::string(Manifest::kFormat));
   bool ok = r.Get("id", &m.id) && r.Get("created_at", &m.created_at) && r.Get("host", &m.host) &&
             r.Get("kernel", &m.kernel) && r.Get("criu_version", &m.criu_version) &&
-            r.Get("leave_running", &m.leave_running) && r.Get("dump_seconds", &m.dump_seconds);
+            r.Get("leave_running", &m.leave_running) && r.Get("dump_seconds", &m.dump_seconds) &&
+            r.Get("network_lock_table", &m.network_lock_table);
   if (!ok) return Status::Corruption("manifest: " + r.error());
   if (Status s = ValidateIdentifier("checkpoint id", m.id); !s.ok()) return Status::Corruption("manifest: " + s.message());
 

@@ -135,9 +135,9 @@ Result<pid_t> SpawnInPidNamespace(const SpawnSpec& spec, const OutputPipe& outpu
   return pid;
 }
 
-SessionSupervisor::SessionSupervisor(Key, pid_t pid, UniqueFd pidfd, UniqueFd output, UniqueFd log,
-                                     UniqueFd stop, ExitFn on_exit)
-    : pid_(pid), pidfd_(std::move(pidfd)), output_(std::move(output)), log_(std::move(log)),
+SessionSupervisor::SessionSupervisor(Key, UniqueFd pidfd, UniqueFd output, UniqueFd log, UniqueFd stop,
+                                     ExitFn on_exit)
+    : pidfd_(std::move(pidfd)), output_(std::move(output)), log_(std::move(log)),
       stop_(std::move(stop)), on_exit_(std::move(on_exit)) {
   thread_ = std::thread([this] { Run(); });
 }
@@ -150,7 +150,7 @@ Result<std::unique_ptr<SessionSupervisor>> SessionSupervisor::Start(pid_t pid, U
   if (!log) return Status::FromErrno("open " + log_path, errno);
   UniqueFd stop(::eventfd(0, EFD_CLOEXEC));
   if (!stop) return Status::FromErrno("eventfd", errno);
-  return std::make_unique<SessionSupervisor>(Key{}, pid, std::move(pidfd), std::move(output_read_end),
+  return std::make_unique<SessionSupervisor>(Key{}, std::move(pidfd), std::move(output_read_end),
                                              std::move(log), std::move(stop), std::move(on_exit));
 }
 

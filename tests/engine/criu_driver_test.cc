@@ -56,6 +56,15 @@ TEST(CriuLog, SummaryKeepsErrorsWithContext) {
   EXPECT_EQ(s.find("Version"), std::string::npos);
 }
 
+TEST(CriuLog, NamesTheNetworkLockTableOfTheDumpWorker) {
+  std::string log =
+      "(00.000000) CRIU run id = 9393d5c6-53d6-4670-a199-8ab2ff745222\n"
+      "(00.000000) CRIU run id = 8977ae89-ec23-4bbc-b1c0-9be9b9e9a722\n(00.01) net: Lock network\n";
+  EXPECT_EQ(CriuNetworkLockTable(log), "inet CRIU-8977ae89-ec23-4bbc-b1");
+  EXPECT_EQ(CriuNetworkLockTable("no id here"), "");
+  EXPECT_EQ(CriuNetworkLockTable("CRIU run id = x;rm -rf /\n"), "");
+}
+
 TEST(CriuLog, SummaryFallsBackToTheTail) {
   EXPECT_NE(SummarizeCriuLog("a\nb\nlast line\n").find("last line"), std::string::npos);
 }

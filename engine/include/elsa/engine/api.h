@@ -33,6 +33,19 @@ Status StatusFromErrorJson(const nlohmann::json& error);
 
 using EventFn = std::function<void(const nlohmann::json& event)>;
 
+// A request line, decoded and type-checked (values are validated by the agent).
+struct ApiRequest {
+  std::string op;
+  std::string name;        // session name (run, session, stop, checkpoint; restore's new name)
+  std::string checkpoint;  // checkpoint id (restore, rm, verify)
+  std::vector<std::string> argv, env;
+  std::string workdir = "/";
+  bool leave_running = false;
+  int timeout_seconds = 10;
+};
+// Untrusted bytes in, a request or an InvalidArgument out. Never throws.
+Result<ApiRequest> ParseApiRequest(std::string_view line);
+
 // Handles one decoded request against the agent; events go to `emit`. Never throws.
 nlohmann::json HandleRequest(Agent& agent, const std::string& request_line, const EventFn& emit);
 

@@ -64,6 +64,14 @@ class CriuDriver {
   std::string binary_;
 };
 
+// The nftables table ("inet CRIU-...") a successful dump left locking the tree's connections,
+// named from the run id in the dump's log; empty if the log names none. CRIU removes it when it
+// restores the checkpoint; whoever deletes an unrestored checkpoint must remove it.
+std::string CriuNetworkLockTable(const std::string& dump_log_text);
+
+// Removes that table if it is still there.
+Status DropCriuNetworkLock(const std::string& table);
+
 // The most telling lines of a CRIU log: its errors, with a little context, at most `max_lines`.
 std::string SummarizeCriuLog(const std::string& log_text, size_t max_lines = 12);
 

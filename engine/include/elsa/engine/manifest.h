@@ -36,6 +36,8 @@ struct Manifest {
   std::vector<std::string> output_pipes;
   bool leave_running = false;
   double dump_seconds = 0;
+  // The nftables table CRIU left locking the dumped tree's TCP connections ("" if none).
+  std::string network_lock_table;
 
   std::vector<ManifestFile> files;
 

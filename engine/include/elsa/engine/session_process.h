@@ -56,12 +56,11 @@ class SessionSupervisor {
   struct Key {};  // only Start() constructs, after every resource is acquired
 
  public:
-  SessionSupervisor(Key, pid_t pid, UniqueFd pidfd, UniqueFd output, UniqueFd log, UniqueFd stop, ExitFn on_exit);
+  SessionSupervisor(Key, UniqueFd pidfd, UniqueFd output, UniqueFd log, UniqueFd stop, ExitFn on_exit);
 
  private:
   void Run();
 
-  pid_t pid_;
   UniqueFd pidfd_;
   UniqueFd output_;
   UniqueFd log_;

@@ -1,0 +1,123 @@
+"""The Elsa demo: a real Jupyter session, checkpointed to disk and restored, state intact.
+
+Run through tools/demo (which prepares the machine and builds). Every step prints what it does
+and how long it took; everything started is cleaned up at the end, even on failure.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools", "pylib"))
+
+from elsa_agent import ElsaAgent, alive, start_jupyter, tree_pids  # noqa: E402
+
+BOLD, DIM, GREEN, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[0m") if sys.stdout.isatty() else ("",) * 4
+
+
+class Steps:
+    def __init__(self):
+        self.n = 0
+        self.timeline = []
+
+    def __call__(self, title):
+        self.n += 1
+        self.title = title
+        print(f"\n{BOLD}[{self.n}] {title}{RESET}")
+        self.start = time.monotonic()
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        took = time.monotonic() - self.start
+        self.timeline.append((self.title, took))
+        if exc_type is None:
+            print(f"{GREEN}    done in {took:.2f} s{RESET}")
+
+
+def show(text):
+    for line in text.rstrip().splitlines():
+        print(f"    {DIM}{line}{RESET}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--array-mib", type=int, default=256, help="size of the kernel's numpy array")
+    parser.add_argument("--keep", action="store_true", help="keep the agent's state directory")
+    args = parser.parse_args()
+
+    step = Steps()
+    bin_dir = os.path.join(REPO, "build", "engine")
+    criu_prefix = None  # the agent finds the bootstrap's CRIU by itself
+    with ElsaAgent(bin_dir, criu_prefix=criu_prefix, keep_state=args.keep) as agent, \
+            tempfile.TemporaryDirectory(prefix="elsa-demo-nb-") as workdir:
+        print(f"agent: {agent.socket} (state in {agent.state_dir})")
+        show(agent.cli("agent").stdout)
+
+        with step("start a Jupyter server as an Elsa session (its own PID namespace)"):
+            server = start_jupyter(agent, "alice", workdir)
+            print(f"    jupyter-server {server.base} answers /api/status")
+
+        with step(f"start a kernel and set state over its websocket (x = 41, {args.array_mib} MiB numpy array)"):
+            kernel = server.start_kernel()
+            conn = server.connect(kernel, session_id="demo")
+            out = conn.execute(
+                "import hashlib, numpy as np\n"
+                "x = 41\n"
+                f"arr = np.random.default_rng(7).random({args.array_mib} * 1024 * 1024 // 8)\n"
+                "digest = hashlib.sha256(arr.tobytes()).hexdigest()\n"
+                "print('array', arr.nbytes >> 20, 'MiB, sha256', digest[:16])", timeout=120)
+            print(f"    kernel {kernel[:8]}: {out['stdout'].strip()}")
+            digest = conn.eval("digest")
+            conn.close()
+            show(agent.cli("ps").stdout)
+
+        pids = tree_pids(agent.sessions()["alice"]["pid"])
+        with step("checkpoint the session (CRIU dump through Elsa's RPC driver, into the store)"):
+            report = agent.json("checkpoint", "alice")
+            cp, t = report["checkpoint"], report["timings"]
+            print(f"    checkpoint {cp['id']}: {cp['size_bytes'] / 2**20:.1f} MiB in {cp['files']} files")
+            print(f"    dump {t['dump_seconds']:.3f} s + commit (xxh3, fsync, rename) {t['commit_seconds']:.3f} s")
+
+        with step("the session's processes are gone"):
+            left = [p for p in pids if alive(p)]
+            print(f"    {len(pids)} processes before, {len(left)} alive now; the server does not answer:")
+            try:
+                server.status(timeout=1)
+                raise SystemExit("    the server still answers: the checkpoint did not end the session")
+            except Exception as e:  # noqa: BLE001 - any failure to connect is the point
+                print(f"    {type(e).__name__}: {str(e)[:80]}")
+            show(agent.cli("checkpoints").stdout)
+
+        with step("restore it (checksums verified first)"):
+            r = agent.json("restore", cp["id"])
+            t = r["timings"]
+            print(f"    pid {r['session']['pid']}: verify {t['verify_seconds']:.3f} s, "
+                  f"CRIU restore {t['restore_seconds']:.3f} s")
+
+        with step("reconnect to the same kernel: the state is back"):
+            server.wait_ready(timeout=30)
+            conn = server.connect(kernel, session_id="demo")
+            x1 = conn.eval("x + 1")
+            same = conn.eval("hashlib.sha256(arr.tobytes()).hexdigest()") == digest
+            conn.close()
+            print(f"    x + 1 = {x1}; array checksum matches: {same}")
+            if x1 != "42" or not same:
+                raise SystemExit("    state was not restored")
+            show(agent.cli("ps").stdout)
+
+        print(f"\n{BOLD}timeline{RESET}")
+        for title, took in step.timeline:
+            print(f"    {took:7.2f} s  {title}")
+        print(f"\n{GREEN}demo complete: checkpoint {cp['size_bytes'] / 2**20:.0f} MiB in "
+              f"{report['timings']['total_seconds']:.2f} s, restore in {r['timings']['total_seconds']:.2f} s{RESET}")
+        print("cleaning up: stopping the session and the agent")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Start a private elsad and drive it with the elsa CLI, for the demo and the tests.
+
+Everything it starts it also ends: sessions, the agent, and CRIU network-lock tables left by
+checkpoints that were never restored.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+# Sessions get a plain system PATH so they run Debian's python3 and jupyter, whatever the caller's
+# PATH holds (e.g. a pyenv shim without Debian's packages).
+SESSION_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class ElsaError(RuntimeError):
+    def __init__(self, args, result):
+        self.result = result
+        super().__init__(f"elsa {' '.join(args)} failed ({result.returncode}): "
+                         f"{result.stderr.strip() or result.stdout.strip()}")
+
+
+def _nft_tables():
+    try:
+        out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, timeout=10)
+        return set(line.strip() for line in out.stdout.splitlines() if line.strip())
+    except (OSError, subprocess.SubprocessError):
+        return set()
+
+
+class ElsaAgent:
+    """A private elsad (own socket and state directory) and a CLI bound to it."""
+
+    def __init__(self, bin_dir, criu_prefix=None, env=None, keep_state=False):
+        self.bin_dir = bin_dir
+        self.root = tempfile.mkdtemp(prefix="elsa-")
+        self.socket = os.path.join(self.root, "elsad.sock")
+        self.state_dir = os.path.join(self.root, "state")
+        self.criu_prefix = criu_prefix
+        self.env = dict(env if env is not None else os.environ)
+        self.keep_state = keep_state
+        self.proc = None
+        self.pids_seen = set()
+        self._nft_before = _nft_tables()
+
+    def start(self):
+        cmd = [os.path.join(self.bin_dir, "elsad"), "--socket", self.socket, "--state-dir", self.state_dir]
+        if self.criu_prefix is not None:
+            cmd += ["--criu-prefix", self.criu_prefix]
+        os.makedirs(self.state_dir, exist_ok=True)
+        self.log_path = os.path.join(self.root, "elsad.log")
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=self.env, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"elsad exited at start: {self.agent_log()}")
+            if os.path.exists(self.socket) and self.cli("agent", check=False).returncode == 0:
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"elsad did not start serving {self.socket}: {self.agent_log()}")
+
+    def agent_log(self):
+        try:
+            with open(self.log_path) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def cli(self, *args, check=True, timeout=300):
+        cmd = [os.path.join(self.bin_dir, "elsa"), "--socket", self.socket, *args]
+        env = dict(self.env, PATH=SESSION_PATH)
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        if check and result.returncode != 0:
+            raise ElsaError(args, result)
+        return result
+
+    def json(self, *args, timeout=300):
+        out = json.loads(self.cli("--json", *args, timeout=timeout).stdout)
+        if isinstance(out, dict) and out.get("pid"):
+            self.pids_seen.add(out["pid"])
+        if isinstance(out, dict) and isinstance(out.get("session"), dict):
+            self.pids_seen.add(out["session"]["pid"])
+        return out
+
+    def sessions(self):
+        return {s["name"]: s for s in self.json("ps")}
+
+    def run_session(self, name, *command, workdir=None):
+        args = ["run", "--name", name]
+        if workdir:
+            args += ["--workdir", workdir]
+        return self.json(*args, "--", *command)
+
+    def checkpoint_dir(self, checkpoint_id):
+        return os.path.join(self.state_dir, "checkpoints", checkpoint_id)
+
+    def close(self):
+        """Ends every session, the agent, and leftover CRIU lock tables. Never raises."""
+        try:
+            if self.proc and self.proc.poll() is None:
+                for name in list(self.sessions()):
+                    self.cli("stop", name, "--timeout", "5", check=False)
+        except Exception:  # noqa: BLE001 - cleanup must go on
+            pass
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for pid in self.pids_seen:  # anything the agent could not stop
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        # A checkpoint that was never restored leaves CRIU's nftables connection lock behind.
+        for table in _nft_tables() - self._nft_before:
+            if "CRIU-" in table:
+                subprocess.run(["nft", "delete"] + table.split(), capture_output=True)
+        if not self.keep_state:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def start_jupyter(agent, name, workdir, host="127.0.0.1", port=None, token="elsa-demo-token"):
+    """Runs a real jupyter-server as session `name`; returns a ready JupyterServer."""
+    from elsa_jupyter import JupyterServer, free_port  # same folder
+
+    port = port or free_port(host)
+    agent.run_session(name, "jupyter-server", f"--ip={host}", f"--port={port}",
+                      f"--ServerApp.token={token}", "--no-browser", "--allow-root",
+                      "--ServerApp.port_retries=0", workdir=workdir)
+    server = JupyterServer(host, port, token)
+    server.wait_ready(timeout=60)
+    return server
+
+
+def tree_pids(root_pid):
+    """Pids of the process tree rooted at root_pid (from /proc)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+        except (OSError, IndexError):
+            continue
+    out, todo = [], [root_pid]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def alive(pid):
+    """True if pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
