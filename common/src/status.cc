@@ -16,6 +16,10 @@ std::string_view StatusCodeName(StatusCode code) {
     case StatusCode::kExternalFailure: return "external_failure";
     case StatusCode::kUnavailable: return "unavailable";
     case StatusCode::kTimeout: return "timeout";
+    case StatusCode::kPeerClosed: return "peer_closed";
+    case StatusCode::kEndOfStream: return "end_of_stream";
+    case StatusCode::kProtocolError: return "protocol_error";
+    case StatusCode::kUnauthenticated: return "unauthenticated";
     case StatusCode::kInternal: return "internal";
   }
   return "unknown";

@@ -21,6 +21,10 @@ enum class StatusCode {
   kExternalFailure,   // a program we drive (CRIU, the session's command) failed
   kUnavailable,       // a peer or agent cannot be reached
   kTimeout,
+  kPeerClosed,        // the other end went away without closing cleanly
+  kEndOfStream,       // the other end closed cleanly; nothing more will come
+  kProtocolError,     // the peer sent something the protocol does not allow
+  kUnauthenticated,   // the peer could not prove it holds the shared secret
   kInternal,
 };
 
@@ -41,6 +45,10 @@ class [[nodiscard]] Status {
   static Status ExternalFailure(std::string m) { return {StatusCode::kExternalFailure, std::move(m)}; }
   static Status Unavailable(std::string m) { return {StatusCode::kUnavailable, std::move(m)}; }
   static Status Timeout(std::string m) { return {StatusCode::kTimeout, std::move(m)}; }
+  static Status PeerClosed(std::string m) { return {StatusCode::kPeerClosed, std::move(m)}; }
+  static Status EndOfStream(std::string m) { return {StatusCode::kEndOfStream, std::move(m)}; }
+  static Status ProtocolError(std::string m) { return {StatusCode::kProtocolError, std::move(m)}; }
+  static Status Unauthenticated(std::string m) { return {StatusCode::kUnauthenticated, std::move(m)}; }
   static Status Internal(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
   // "what: strerror(err)", for a failed system call.
   static Status FromErrno(std::string_view what, int err);

@@ -1,0 +1,59 @@
+// Helpers for channel tests: a connected pair of channels on loopback.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <future>
+#include <memory>
+#include <string>
+
+#include "elsa/transport/transport.h"
+
+namespace elsa::transport::testing {
+
+using namespace std::chrono_literals;
+
+struct ChannelPair {
+  std::unique_ptr<Transport> transport;
+  std::unique_ptr<Listener> listener;
+  std::unique_ptr<Channel> client;  // connected side
+  std::unique_ptr<Channel> server;  // accepted side
+};
+
+inline ChannelOptions TestOptions(int streams = 4) {
+  ChannelOptions o;
+  o.streams = streams;
+  o.secret = "test-secret";
+  o.io_timeout = 5s;
+  o.handshake_timeout = 5s;
+  return o;
+}
+
+// Connects two channels over 127.0.0.1 with `backend`; fails the test if it cannot.
+inline void MakePair(Backend backend, const ChannelOptions& options, ChannelPair* pair,
+                     const ChannelOptions* server_options = nullptr) {
+  auto transport = MakeTransport(backend);
+  ASSERT_TRUE(transport.ok()) << transport.status().message();
+  pair->transport = std::move(*transport);
+  auto listener = pair->transport->Listen({"127.0.0.1", 0}, server_options ? *server_options : options);
+  ASSERT_TRUE(listener.ok()) << listener.status().message();
+  pair->listener = std::move(*listener);
+  auto connecting = std::async(std::launch::async, [&] {
+    return pair->transport->Connect({"127.0.0.1", pair->listener->port()}, options);
+  });
+  auto accepted = pair->listener->Accept(10s);
+  auto connected = connecting.get();
+  ASSERT_TRUE(connected.ok()) << connected.status().message();
+  ASSERT_TRUE(accepted.ok()) << accepted.status().message();
+  pair->client = std::move(*connected);
+  pair->server = std::move(*accepted);
+}
+
+inline std::vector<uint8_t> Bytes(const std::string& s) { return {s.begin(), s.end()}; }
+inline std::string Text(const std::vector<uint8_t>& v) { return {v.begin(), v.end()}; }
+
+inline std::string BackendParamName(const ::testing::TestParamInfo<Backend>& info) {
+  return std::string(BackendName(info.param));
+}
+
+}  // namespace elsa::transport::testing

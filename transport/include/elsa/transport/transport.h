@@ -1,0 +1,149 @@
+// The data channel between two Elsa agents: an authenticated channel of checksummed frames over
+// N parallel TCP streams, with page batches (4 KiB pages + addresses) as the main payload.
+//
+//   auto t = MakeTransport(Backend::kUring);                  // or kTcp
+//   auto listener = t->Listen({"10.0.0.2", 0}, options);      // on B
+//   auto channel  = t->Connect({"10.0.0.2", port}, options);  // on A
+//   channel->SendPages(std::move(batch));                     // striped over the streams
+//   channel->Flush(timeout);                                   // everything received and acked
+//
+// Frames sent on one stream arrive in order; frames on different streams may interleave. Every
+// frame carries an xxh3 checksum; a corrupted frame is never delivered and breaks the channel.
+// Both ends prove knowledge of a shared secret (HMAC-SHA256 challenge/response) before any
+// payload moves. Errors are values: kPeerClosed, kTimeout, kCorruption (checksum),
+// kProtocolError, kUnauthenticated, kEndOfStream (the peer closed cleanly).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "elsa/status.h"
+
+namespace elsa::transport {
+
+inline constexpr size_t kPageSize = 4096;
+
+enum class Backend {
+  kTcp,    // blocking sockets with poll(): the fallback and the baseline
+  kUring,  // io_uring: batched submission, registered receive buffers, optional zero-copy send
+};
+std::string_view BackendName(Backend backend);
+Result<Backend> ParseBackend(std::string_view name);  // "tcp", "uring"
+
+enum class Compression {
+  kOff,
+  kAlways,    // lz4 every frame; sent raw only when it does not shrink
+  kAdaptive,  // lz4 while it pays; backs off on incompressible content, probes again later
+};
+std::string_view CompressionName(Compression c);
+Result<Compression> ParseCompression(std::string_view name);  // "off", "always", "adaptive"
+
+struct ChannelOptions {
+  int streams = 4;     // parallel TCP connections, 1..64
+  std::string secret;  // shared secret, required on both ends
+  Compression compression = Compression::kAdaptive;
+  bool zero_copy = false;                          // io_uring only: IORING_OP_SENDMSG_ZC for big frames
+  std::chrono::milliseconds io_timeout{30000};     // a peer that stalls this long fails the channel
+  std::chrono::milliseconds handshake_timeout{10000};
+  size_t max_frame_bytes = 16u << 20;              // larger frames are a protocol error
+  size_t send_queue_frames = 8;                    // per stream; Send blocks beyond it
+};
+
+struct Endpoint {
+  std::string host;  // numeric IPv4/IPv6 address or a name
+  uint16_t port = 0;
+};
+
+// Pages with their virtual addresses; owns the bytes, so it can be moved into a channel and
+// written to the socket without a copy.
+class PageBatch {
+ public:
+  PageBatch() = default;
+  explicit PageBatch(size_t reserve_pages);
+
+  // Appends a page and returns where its 4096 bytes go (e.g. for process_vm_readv).
+  uint8_t* AddPage(uint64_t address);
+  void AddPage(uint64_t address, const void* bytes);
+
+  size_t size() const { return addresses_.size(); }
+  bool empty() const { return addresses_.empty(); }
+  uint64_t address(size_t i) const { return addresses_[i]; }
+  const uint8_t* page(size_t i) const { return data_.data() + i * kPageSize; }
+  uint8_t* page(size_t i) { return data_.data() + i * kPageSize; }
+  size_t bytes() const { return size() * kPageSize; }
+
+ private:
+  std::vector<uint64_t> addresses_;
+  std::vector<uint8_t> data_;
+};
+
+struct Message {
+  enum class Kind { kData, kPages };
+  Kind kind = Kind::kData;
+  uint16_t stream = 0;
+  std::vector<uint8_t> data;  // kData
+  PageBatch pages;            // kPages
+};
+
+struct ChannelStats {
+  uint64_t frames_sent = 0;
+  uint64_t payload_bytes_sent = 0;  // before compression, zero pages counted as 4 KiB
+  uint64_t wire_bytes_sent = 0;     // headers + payloads as sent
+  uint64_t pages_sent = 0;
+  uint64_t zero_pages_sent = 0;
+  uint64_t frames_compressed = 0;
+  uint64_t frames_raw = 0;
+  uint64_t frames_received = 0;
+  uint64_t payload_bytes_received = 0;
+  uint64_t wire_bytes_received = 0;
+};
+
+class Channel {
+ public:
+  virtual ~Channel() = default;
+  virtual int streams() const = 0;
+
+  // Queue a message on `stream` (-1: the next stream in turn). Blocks while that stream's queue
+  // is full; fails once the channel is broken or closed.
+  virtual Status Send(std::vector<uint8_t> data, int stream = -1) = 0;
+  virtual Status SendPages(PageBatch pages, int stream = -1) = 0;
+
+  // The next message from any stream. kEndOfStream once the peer closed cleanly and all its
+  // messages were received; kTimeout if nothing arrives in time; the channel's error otherwise.
+  virtual Result<Message> Receive(std::chrono::milliseconds timeout) = 0;
+
+  // Waits until everything queued so far was received, verified and acknowledged by the peer.
+  virtual Status Flush(std::chrono::milliseconds timeout) = 0;
+
+  // Flushes, tells the peer we are done sending, and waits for the peer to do the same (its
+  // remaining messages stay receivable). Idempotent.
+  virtual Status Close(std::chrono::milliseconds timeout) = 0;
+
+  virtual ChannelStats Stats() const = 0;
+};
+
+class Listener {
+ public:
+  virtual ~Listener() = default;
+  virtual uint16_t port() const = 0;
+  // The next fully authenticated channel (all its streams). Connections that fail the handshake
+  // are dropped and reported on stderr; Accept keeps waiting for a good one until `timeout`.
+  virtual Result<std::unique_ptr<Channel>> Accept(std::chrono::milliseconds timeout) = 0;
+};
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  virtual Backend backend() const = 0;
+  virtual Result<std::unique_ptr<Listener>> Listen(const Endpoint& where, const ChannelOptions& options) = 0;
+  virtual Result<std::unique_ptr<Channel>> Connect(const Endpoint& peer, const ChannelOptions& options) = 0;
+};
+
+// FailedPrecondition, with the reason, when the backend cannot run here (e.g. io_uring disabled).
+Result<std::unique_ptr<Transport>> MakeTransport(Backend backend);
+
+}  // namespace elsa::transport

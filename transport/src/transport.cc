@@ -1,0 +1,176 @@
+// Backend selection, connecting, and accepting: everything before a channel exists.
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <cstdio>
+#include <map>
+
+#include "connection.h"
+#include "elsa/transport/transport.h"
+#include "handshake.h"
+#include "stream_channel.h"
+
+namespace elsa::transport {
+namespace {
+
+Status ValidateOptions(const ChannelOptions& o) {
+  if (o.streams < 1 || o.streams > kMaxStreams)
+    return Status::InvalidArgument("streams must be between 1 and " + std::to_string(kMaxStreams));
+  if (o.secret.empty()) return Status::InvalidArgument("a shared secret is required on both ends of a transport");
+  if (o.max_frame_bytes < 4096 || o.max_frame_bytes > (1u << 30))
+    return Status::InvalidArgument("max_frame_bytes must be between 4 KiB and 1 GiB");
+  if (o.send_queue_frames < 1) return Status::InvalidArgument("send_queue_frames must be at least 1");
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<Connection>> Wrap(Backend backend, UniqueFd fd) {
+  if (backend == Backend::kUring) return MakeUringConnection(std::move(fd));
+  return MakeTcpConnection(std::move(fd));
+}
+
+std::string PeerName(int fd) {
+  sockaddr_storage addr{};
+  socklen_t len = sizeof addr;
+  char host[128] = "?";
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0)
+    ::getnameinfo(reinterpret_cast<sockaddr*>(&addr), len, host, sizeof host, nullptr, 0, NI_NUMERICHOST);
+  return host;
+}
+
+class StreamListener final : public Listener {
+ public:
+  StreamListener(Backend backend, UniqueFd fd, uint16_t port, ChannelOptions options)
+      : backend_(backend), fd_(std::move(fd)), port_(port), options_(std::move(options)) {}
+
+  uint16_t port() const override { return port_; }
+
+  Result<std::unique_ptr<Channel>> Accept(std::chrono::milliseconds timeout) override {
+    const Deadline deadline = Clock::now() + timeout;
+    for (;;) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      if (left <= 0) return Status::Timeout("no channel connected within " + std::to_string(timeout.count()) + " ms");
+      pollfd p{fd_.get(), POLLIN, 0};
+      int r = ::poll(&p, 1, static_cast<int>(left));
+      if (r < 0 && errno != EINTR) return Status::FromErrno("poll", errno);
+      if (r <= 0) continue;
+      UniqueFd conn_fd(::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      if (!conn_fd) continue;
+      TuneSocket(conn_fd.get());
+      const std::string peer = PeerName(conn_fd.get());
+      auto conn = Wrap(backend_, std::move(conn_fd));
+      if (!conn.ok()) return conn.status();
+      auto hello = ServerHandshake(**conn, options_.secret, std::min(deadline, Clock::now() + options_.handshake_timeout));
+      if (!hello.ok()) {
+        std::fprintf(stderr, "elsa transport: refused a connection from %s: %s\n", peer.c_str(),
+                     hello.status().message().c_str());
+        continue;
+      }
+      DropStaleGroups();
+      Group& g = groups_[hello->channel_id];
+      if (g.connections.empty()) {
+        g.connections.resize(hello->stream_count);
+        g.started = Clock::now();
+      }
+      if (g.connections.size() != hello->stream_count || g.connections[hello->stream_index]) {
+        std::fprintf(stderr, "elsa transport: dropped a stream from %s: inconsistent stream numbering\n", peer.c_str());
+        continue;
+      }
+      g.connections[hello->stream_index] = std::move(*conn);
+      if (++g.ready == g.connections.size()) {
+        std::vector<std::unique_ptr<Connection>> connections = std::move(g.connections);
+        groups_.erase(hello->channel_id);
+        return std::unique_ptr<Channel>(std::make_unique<StreamChannel>(std::move(connections), options_));
+      }
+    }
+  }
+
+ private:
+  struct Group {
+    std::vector<std::unique_ptr<Connection>> connections;
+    size_t ready = 0;
+    Clock::time_point started;
+  };
+
+  // A channel whose streams never all arrive must not hold its connections forever.
+  void DropStaleGroups() {
+    for (auto it = groups_.begin(); it != groups_.end();) {
+      if (Clock::now() - it->second.started > options_.handshake_timeout) it = groups_.erase(it);
+      else ++it;
+    }
+  }
+
+  Backend backend_;
+  UniqueFd fd_;
+  uint16_t port_;
+  ChannelOptions options_;
+  std::map<ChannelId, Group> groups_;
+};
+
+class StreamTransport final : public Transport {
+ public:
+  explicit StreamTransport(Backend backend) : backend_(backend) {}
+  Backend backend() const override { return backend_; }
+
+  Result<std::unique_ptr<Listener>> Listen(const Endpoint& where, const ChannelOptions& options) override {
+    ELSA_RETURN_IF_ERROR(ValidateOptions(options));
+    uint16_t port = 0;
+    ELSA_ASSIGN_OR_RETURN(UniqueFd fd, ListenTcp(where, &port));
+    return std::unique_ptr<Listener>(std::make_unique<StreamListener>(backend_, std::move(fd), port, options));
+  }
+
+  Result<std::unique_ptr<Channel>> Connect(const Endpoint& peer, const ChannelOptions& options) override {
+    ELSA_RETURN_IF_ERROR(ValidateOptions(options));
+    const Deadline deadline = Clock::now() + options.handshake_timeout;
+    Hello hello;
+    hello.stream_count = static_cast<uint16_t>(options.streams);
+    ELSA_RETURN_IF_ERROR(FillRandom(hello.channel_id));
+    std::vector<std::unique_ptr<Connection>> connections;
+    for (int i = 0; i < options.streams; ++i) {
+      ELSA_ASSIGN_OR_RETURN(UniqueFd fd, ConnectTcp(peer, deadline));
+      ELSA_ASSIGN_OR_RETURN(std::unique_ptr<Connection> conn, Wrap(backend_, std::move(fd)));
+      hello.stream_index = static_cast<uint16_t>(i);
+      ELSA_RETURN_IF_ERROR(FillRandom(hello.nonce));
+      Status s = ClientHandshake(*conn, options.secret, hello, deadline);
+      if (!s.ok()) return s.WithContext("connecting to " + peer.host + ":" + std::to_string(peer.port));
+      connections.push_back(std::move(conn));
+    }
+    return std::unique_ptr<Channel>(std::make_unique<StreamChannel>(std::move(connections), options));
+  }
+
+ private:
+  Backend backend_;
+};
+
+}  // namespace
+
+std::string_view BackendName(Backend backend) { return backend == Backend::kUring ? "uring" : "tcp"; }
+
+Result<Backend> ParseBackend(std::string_view name) {
+  if (name == "tcp") return Backend::kTcp;
+  if (name == "uring" || name == "io_uring") return Backend::kUring;
+  return Status::InvalidArgument("unknown transport backend '" + std::string(name) + "' (tcp, uring)");
+}
+
+std::string_view CompressionName(Compression c) {
+  switch (c) {
+    case Compression::kOff: return "off";
+    case Compression::kAlways: return "always";
+    case Compression::kAdaptive: return "adaptive";
+  }
+  return "?";
+}
+
+Result<Compression> ParseCompression(std::string_view name) {
+  if (name == "off") return Compression::kOff;
+  if (name == "always") return Compression::kAlways;
+  if (name == "adaptive") return Compression::kAdaptive;
+  return Status::InvalidArgument("unknown compression '" + std::string(name) + "' (off, always, adaptive)");
+}
+
+Result<std::unique_ptr<Transport>> MakeTransport(Backend backend) {
+  if (backend == Backend::kUring) ELSA_RETURN_IF_ERROR(UringAvailable());
+  return std::unique_ptr<Transport>(std::make_unique<StreamTransport>(backend));
+}
+
+}  // namespace elsa::transport
