@@ -1,6 +1,7 @@
 // The behaviour every backend must have. Runs against each backend that can run here.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstring>
 #include <dirent.h>
 #include <map>
@@ -220,7 +221,21 @@ TEST_P(Conformance, ChannelsReleaseTheirDescriptors) {
   EXPECT_EQ(OpenFds(), before);
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, Conformance, ::testing::Values(Backend::kTcp, Backend::kUring), BackendParamName);
+INSTANTIATE_TEST_SUITE_P(Backends, Conformance, ::testing::ValuesIn(BackendsUnderTest()), BackendParamName);
+
+TEST(RdmaBackend, RunsTheSuitesWhereADeviceExists) {
+  auto rdma = MakeTransport(Backend::kRdma);
+  if (!rdma.ok()) {
+    std::printf("RDMA backend not exercised on this machine: %s\n", rdma.status().message().c_str());
+    EXPECT_EQ(rdma.status().code(), StatusCode::kFailedPrecondition);
+    GTEST_SKIP() << rdma.status().message();
+  }
+  // With a device, the conformance and fault suites above include rdma; one round trip here.
+  ChannelPair p;
+  MakePair(Backend::kRdma, TestOptions(2), &p);
+  ASSERT_TRUE(p.client->Send(Bytes("over verbs")).ok());
+  EXPECT_EQ(Text(p.server->Receive(5s)->data), "over verbs");
+}
 
 // The io_uring backend with zero-copy send moves the same bytes.
 TEST(UringZeroCopy, DeliversIdenticalPages) {

@@ -303,7 +303,7 @@ TEST_P(Faults, APeerProcessKilledMidTransfer) {
   EXPECT_EQ(end.code(), StatusCode::kPeerClosed) << end.message();
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, Faults, ::testing::Values(Backend::kTcp, Backend::kUring), BackendParamName);
+INSTANTIATE_TEST_SUITE_P(Backends, Faults, ::testing::ValuesIn(BackendsUnderTest()), BackendParamName);
 
 }  // namespace
 }  // namespace elsa::transport

@@ -52,6 +52,14 @@ inline void MakePair(Backend backend, const ChannelOptions& options, ChannelPair
 inline std::vector<uint8_t> Bytes(const std::string& s) { return {s.begin(), s.end()}; }
 inline std::string Text(const std::vector<uint8_t>& v) { return {v.begin(), v.end()}; }
 
+// TCP and io_uring must work on every machine we support (a failure there is a real failure);
+// RDMA joins the suites where a device exists.
+inline std::vector<Backend> BackendsUnderTest() {
+  std::vector<Backend> backends = {Backend::kTcp, Backend::kUring};
+  if (MakeTransport(Backend::kRdma).ok()) backends.push_back(Backend::kRdma);
+  return backends;
+}
+
 inline std::string BackendParamName(const ::testing::TestParamInfo<Backend>& info) {
   return std::string(BackendName(info.param));
 }

@@ -31,9 +31,9 @@ class Connection {
   // A buffer the reader will use repeatedly; a backend may register it with the kernel.
   virtual void UseReadBuffer(uint8_t* buf, size_t size) { (void)buf, (void)size; }
 
-  void ShutdownWrite();
+  virtual void ShutdownWrite();
   // Unblocks any read or write in progress; the connection is unusable afterwards.
-  void Abort();
+  virtual void Abort();
   int fd() const { return fd_.get(); }
 
   Status ReadExact(uint8_t* buf, size_t size, Deadline deadline);
@@ -47,6 +47,11 @@ std::unique_ptr<Connection> MakeTcpConnection(UniqueFd fd);
 // FailedPrecondition when io_uring cannot be used here.
 Result<std::unique_ptr<Connection>> MakeUringConnection(UniqueFd fd);
 Status UringAvailable();
+// RDMA (built with libibverbs): the TCP connection `fd` bootstraps an RC queue pair with the
+// peer; frames then move as RDMA SENDs between registered buffers. FailedPrecondition, with the
+// reason, where no RDMA device exists.
+Result<std::unique_ptr<Connection>> MakeRdmaConnection(UniqueFd fd, Deadline deadline);
+Status RdmaAvailable();
 
 // Socket helpers shared by both backends.
 Result<UniqueFd> ConnectTcp(const Endpoint& peer, Deadline deadline);

@@ -347,24 +347,28 @@ Status StreamChannel::ReadFrames(Stream& s) {
     if (h.stream != s.index)
       return Status::ProtocolError("frame for stream " + std::to_string(h.stream) + " arrived on stream " + std::to_string(s.index));
 
-    std::vector<uint8_t> payload;
+    // The payload is verified and decoded where it lies: in the read buffer when it fits,
+    // else in a buffer of its own.
+    std::vector<uint8_t> large;
+    std::span<const uint8_t> payload;
     if (h.wire_length <= buf.size()) {
       ELSA_ASSIGN_OR_RETURN(bool ok, fill(h.wire_length, true));
       (void)ok;
-      payload.assign(buf.begin() + static_cast<long>(begin), buf.begin() + static_cast<long>(begin + h.wire_length));
+      payload = {buf.data() + begin, h.wire_length};
       begin += h.wire_length;
     } else {
-      payload.resize(h.wire_length);
+      large.resize(h.wire_length);
       size_t have = end - begin;
-      std::memcpy(payload.data(), buf.data() + begin, have);
+      std::memcpy(large.data(), buf.data() + begin, have);
       begin = end = 0;
-      Status read = s.conn->ReadExact(payload.data() + have, payload.size() - have, Clock::now() + options_.io_timeout);
+      Status read = s.conn->ReadExact(large.data() + have, large.size() - have, Clock::now() + options_.io_timeout);
       if (!read.ok())
         return read.code() == StatusCode::kPeerClosed
                    ? Status::PeerClosed("the peer closed the connection in the middle of a frame")
                    : read;
       std::lock_guard lock(mu_);
-      stats_.wire_bytes_received += payload.size() - have;
+      stats_.wire_bytes_received += large.size() - have;
+      payload = large;
     }
     if (PayloadChecksum(payload.data(), payload.size()) != h.payload_xxh3)
       return Status::Corruption("checksum mismatch in frame " + std::to_string(h.sequence) + " on stream " +
@@ -382,22 +386,26 @@ Status StreamChannel::ReadFrames(Stream& s) {
                                    " arrived where " + std::to_string(expected) + " was due");
     ++expected;
     unacked = h.sequence;
+    std::vector<uint8_t> decompressed;
     if (h.flags & kFlagCompressed) {
-      ELSA_ASSIGN_OR_RETURN(payload, Decompress(payload, h.raw_length));
+      ELSA_ASSIGN_OR_RETURN(decompressed, Decompress(payload, h.raw_length));
+      payload = decompressed;
     }
-    ELSA_RETURN_IF_ERROR(Deliver(s, h, std::move(payload)));
+    Message m;
+    m.stream = static_cast<uint16_t>(s.index);
+    if (h.type == FrameType::kPages) {
+      m.kind = Message::Kind::kPages;
+      ELSA_ASSIGN_OR_RETURN(m.pages, DecodePagePayload(payload));
+    } else if (h.type == FrameType::kData) {
+      m.data = !decompressed.empty() ? std::move(decompressed)
+               : !large.empty()      ? std::move(large)
+                                     : std::vector<uint8_t>(payload.begin(), payload.end());
+    }
+    ELSA_RETURN_IF_ERROR(Deliver(s, h, std::move(m)));
   }
 }
 
-Status StreamChannel::Deliver(Stream& s, const FrameHeader& h, std::vector<uint8_t> raw) {
-  Message m;
-  m.stream = static_cast<uint16_t>(s.index);
-  if (h.type == FrameType::kPages) {
-    ELSA_ASSIGN_OR_RETURN(m.pages, DecodePagePayload(raw));
-    m.kind = Message::Kind::kPages;
-  } else if (h.type == FrameType::kData) {
-    m.data = std::move(raw);
-  }
+Status StreamChannel::Deliver(Stream& s, const FrameHeader& h, Message m) {
   std::unique_lock lock(mu_);
   s.received = h.sequence;
   if (h.type == FrameType::kClose) {

@@ -82,7 +82,7 @@ class StreamChannel final : public Channel {
   void WriterLoop(Stream& s);
   void ReaderLoop(Stream& s);
   Status ReadFrames(Stream& s);
-  Status Deliver(Stream& s, const FrameHeader& header, std::vector<uint8_t> raw);
+  Status Deliver(Stream& s, const FrameHeader& header, Message message);
   void Fail(Status status);
 
   ChannelOptions options_;

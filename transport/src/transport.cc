@@ -24,8 +24,12 @@ Status ValidateOptions(const ChannelOptions& o) {
   return Status::Ok();
 }
 
-Result<std::unique_ptr<Connection>> Wrap(Backend backend, UniqueFd fd) {
-  if (backend == Backend::kUring) return MakeUringConnection(std::move(fd));
+Result<std::unique_ptr<Connection>> Wrap(Backend backend, UniqueFd fd, Deadline deadline) {
+  switch (backend) {
+    case Backend::kUring: return MakeUringConnection(std::move(fd));
+    case Backend::kRdma: return MakeRdmaConnection(std::move(fd), deadline);
+    case Backend::kTcp: break;
+  }
   return MakeTcpConnection(std::move(fd));
 }
 
@@ -58,9 +62,15 @@ class StreamListener final : public Listener {
       if (!conn_fd) continue;
       TuneSocket(conn_fd.get());
       const std::string peer = PeerName(conn_fd.get());
-      auto conn = Wrap(backend_, std::move(conn_fd));
-      if (!conn.ok()) return conn.status();
-      auto hello = ServerHandshake(**conn, options_.secret, std::min(deadline, Clock::now() + options_.handshake_timeout));
+      const Deadline handshake_deadline = std::min(deadline, Clock::now() + options_.handshake_timeout);
+      auto conn = Wrap(backend_, std::move(conn_fd), handshake_deadline);
+      if (!conn.ok()) {
+        if (conn.status().code() == StatusCode::kFailedPrecondition) return conn.status();
+        std::fprintf(stderr, "elsa transport: dropped a connection from %s: %s\n", peer.c_str(),
+                     conn.status().message().c_str());
+        continue;
+      }
+      auto hello = ServerHandshake(**conn, options_.secret, handshake_deadline);
       if (!hello.ok()) {
         std::fprintf(stderr, "elsa transport: refused a connection from %s: %s\n", peer.c_str(),
                      hello.status().message().c_str());
@@ -128,7 +138,7 @@ class StreamTransport final : public Transport {
     std::vector<std::unique_ptr<Connection>> connections;
     for (int i = 0; i < options.streams; ++i) {
       ELSA_ASSIGN_OR_RETURN(UniqueFd fd, ConnectTcp(peer, deadline));
-      ELSA_ASSIGN_OR_RETURN(std::unique_ptr<Connection> conn, Wrap(backend_, std::move(fd)));
+      ELSA_ASSIGN_OR_RETURN(std::unique_ptr<Connection> conn, Wrap(backend_, std::move(fd), deadline));
       hello.stream_index = static_cast<uint16_t>(i);
       ELSA_RETURN_IF_ERROR(FillRandom(hello.nonce));
       Status s = ClientHandshake(*conn, options.secret, hello, deadline);
@@ -144,12 +154,20 @@ class StreamTransport final : public Transport {
 
 }  // namespace
 
-std::string_view BackendName(Backend backend) { return backend == Backend::kUring ? "uring" : "tcp"; }
+std::string_view BackendName(Backend backend) {
+  switch (backend) {
+    case Backend::kTcp: return "tcp";
+    case Backend::kUring: return "uring";
+    case Backend::kRdma: return "rdma";
+  }
+  return "?";
+}
 
 Result<Backend> ParseBackend(std::string_view name) {
   if (name == "tcp") return Backend::kTcp;
   if (name == "uring" || name == "io_uring") return Backend::kUring;
-  return Status::InvalidArgument("unknown transport backend '" + std::string(name) + "' (tcp, uring)");
+  if (name == "rdma") return Backend::kRdma;
+  return Status::InvalidArgument("unknown transport backend '" + std::string(name) + "' (tcp, uring, rdma)");
 }
 
 std::string_view CompressionName(Compression c) {
@@ -170,6 +188,7 @@ Result<Compression> ParseCompression(std::string_view name) {
 
 Result<std::unique_ptr<Transport>> MakeTransport(Backend backend) {
   if (backend == Backend::kUring) ELSA_RETURN_IF_ERROR(UringAvailable());
+  if (backend == Backend::kRdma) ELSA_RETURN_IF_ERROR(RdmaAvailable());
   return std::unique_ptr<Transport>(std::make_unique<StreamTransport>(backend));
 }
 

@@ -30,9 +30,10 @@ inline constexpr size_t kPageSize = 4096;
 enum class Backend {
   kTcp,    // blocking sockets with poll(): the fallback and the baseline
   kUring,  // io_uring: batched submission, registered receive buffers, optional zero-copy send
+  kRdma,   // RDMA verbs: RC queue pairs, SENDs between registered buffers (needs a device)
 };
 std::string_view BackendName(Backend backend);
-Result<Backend> ParseBackend(std::string_view name);  // "tcp", "uring"
+Result<Backend> ParseBackend(std::string_view name);  // "tcp", "uring", "rdma"
 
 enum class Compression {
   kOff,
