@@ -1,0 +1,46 @@
+// The receiving role: `criu dump --page-server --address A --port P` sends a tree's memory here,
+// and we write pagemap and pages images that `criu restore` accepts, into a directory of the
+// caller's choosing: a drop-in for `criu page-server`.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "elsa/status.h"
+#include "elsa/unique_fd.h"
+
+namespace elsa::page_server {
+
+struct ReceiverStats {
+  uint64_t requests = 0;
+  uint64_t pagemaps = 0;        // images opened (one per process or shmem segment)
+  uint64_t pages_present = 0;   // pages whose bytes arrived
+  uint64_t pages_lazy = 0;      // pages marked for lazy restore (bytes not sent)
+  uint64_t pages_in_parent = 0;
+  double seconds = 0;           // from accept to CLOSE
+};
+
+class PageReceiver {
+ public:
+  // Listens on address:port (port 0: any; see port()) and writes into `images_dir`.
+  static Result<std::unique_ptr<PageReceiver>> Listen(const std::string& address, uint16_t port,
+                                                      const std::string& images_dir);
+  uint16_t port() const { return port_; }
+
+  // Serves one connection to its CLOSE, as `criu page-server` does. A connection that breaks
+  // the protocol is ended with the reason; the next call serves the next connection.
+  Result<ReceiverStats> ServeOne(std::chrono::milliseconds accept_timeout,
+                                 std::chrono::milliseconds idle_timeout = std::chrono::minutes(5));
+
+  PageReceiver(UniqueFd listen_fd, uint16_t port, UniqueFd images_dir);
+
+ private:
+  UniqueFd listen_fd_;
+  uint16_t port_;
+  UniqueFd dir_;
+  uint32_t next_pages_id_;
+};
+
+}  // namespace elsa::page_server

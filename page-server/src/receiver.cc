@@ -1,0 +1,234 @@
+#include "elsa/page_server/receiver.h"
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <optional>
+#include <vector>
+
+#include "elsa/file_util.h"
+#include "elsa/page_server/protocol.h"
+#include "socket_io.h"
+
+namespace elsa::page_server {
+namespace {
+
+// Larger requests are refused: CRIU sends runs of at most a VMA, far below this.
+constexpr uint64_t kMaxPagesPerRequest = 1ull << 28;  // 1 TiB
+constexpr uint32_t kFirstPagesId = 0x10001;            // as `criu page-server` numbers them
+constexpr size_t kPipeBytes = 1u << 20;
+
+Status WriteAllFd(int fd, const uint8_t* data, size_t size, const std::string& what) {
+  while (size > 0) {
+    ssize_t n = ::write(fd, data, size);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno("write " + what, errno);
+    }
+    data += n;
+    size -= static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
+// Moves `bytes` from the socket into the pages file without copying through user space
+// (socket -> pipe -> file with splice), falling back to read/write where splice is refused.
+class PageCopier {
+ public:
+  Status Init() {
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) != 0) return Status::FromErrno("pipe", errno);
+    read_end_.Reset(p[0]);
+    write_end_.Reset(p[1]);
+    int size = ::fcntl(write_end_.get(), F_SETPIPE_SZ, static_cast<int>(kPipeBytes));
+    pipe_size_ = size > 0 ? static_cast<size_t>(size) : 65536;
+    return Status::Ok();
+  }
+
+  Status Copy(int sock, int file, uint64_t bytes, Clock::time_point deadline) {
+    while (bytes > 0) {
+      ELSA_RETURN_IF_ERROR(WaitReadable(sock, deadline).WithContext("waiting for page data"));
+      const size_t want = static_cast<size_t>(std::min<uint64_t>(bytes, pipe_size_));
+      ssize_t n = use_splice_ ? ::splice(sock, nullptr, write_end_.get(), nullptr, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+                              : -1;
+      if (n < 0 && use_splice_ && errno == EINVAL) use_splice_ = false;
+      if (!use_splice_) {
+        ELSA_ASSIGN_OR_RETURN(size_t got, ReadCopy(sock, file, want));
+        bytes -= got;
+        continue;
+      }
+      if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR) continue;
+        return Status::FromErrno("splice from socket", errno);
+      }
+      if (n == 0) return Status::PeerClosed("criu closed the connection in the middle of page data");
+      for (ssize_t left = n; left > 0;) {
+        ssize_t m = ::splice(read_end_.get(), nullptr, file, nullptr, static_cast<size_t>(left), SPLICE_F_MOVE);
+        if (m < 0) {
+          if (errno == EINTR) continue;
+          return Status::FromErrno("splice into the pages image", errno);
+        }
+        left -= m;
+      }
+      bytes -= static_cast<uint64_t>(n);
+    }
+    return Status::Ok();
+  }
+
+ private:
+  Result<size_t> ReadCopy(int sock, int file, size_t want) {
+    if (buffer_.empty()) buffer_.resize(kPipeBytes);
+    ssize_t n = ::recv(sock, buffer_.data(), std::min(want, buffer_.size()), MSG_DONTWAIT);
+    if (n == 0) return Status::PeerClosed("criu closed the connection in the middle of page data");
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EINTR) return size_t{0};
+      return Status::FromErrno("recv", errno);
+    }
+    ELSA_RETURN_IF_ERROR(WriteAllFd(file, buffer_.data(), static_cast<size_t>(n), "pages image"));
+    return static_cast<size_t>(n);
+  }
+
+  UniqueFd read_end_, write_end_;
+  size_t pipe_size_ = 65536;
+  bool use_splice_ = true;
+  std::vector<uint8_t> buffer_;
+};
+
+// One pagemap being written: its entries, and the pages image its bytes go to.
+struct OpenImage {
+  ImageTarget target;
+  uint32_t pages_id = 0;
+  UniqueFd pages;
+  std::vector<PagemapEntry> entries;
+};
+
+Result<UniqueFd> CreateAt(int dir, const std::string& name) {
+  UniqueFd fd(::openat(dir, name.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!fd) return Status::FromErrno("create " + name, errno);
+  return fd;
+}
+
+Status FinishImage(int dir, OpenImage& image) {
+  if (::fsync(image.pages.get()) != 0) return Status::FromErrno("fsync " + PagesFileName(image.pages_id), errno);
+  const std::vector<uint8_t> pagemap = EncodePagemapImage(image.pages_id, image.entries);
+  const std::string name = PagemapFileName(image.target);
+  ELSA_ASSIGN_OR_RETURN(UniqueFd fd, CreateAt(dir, name));
+  ELSA_RETURN_IF_ERROR(WriteAllFd(fd.get(), pagemap.data(), pagemap.size(), name));
+  if (::fsync(fd.get()) != 0) return Status::FromErrno("fsync " + name, errno);
+  return Status::Ok();
+}
+
+}  // namespace
+
+PageReceiver::PageReceiver(UniqueFd listen_fd, uint16_t port, UniqueFd images_dir)
+    : listen_fd_(std::move(listen_fd)), port_(port), dir_(std::move(images_dir)), next_pages_id_(kFirstPagesId) {}
+
+Result<std::unique_ptr<PageReceiver>> PageReceiver::Listen(const std::string& address, uint16_t port,
+                                                           const std::string& images_dir) {
+  ELSA_ASSIGN_OR_RETURN(UniqueFd dir, OpenDirectory(images_dir));
+  uint16_t bound = 0;
+  ELSA_ASSIGN_OR_RETURN(UniqueFd fd, ListenOn(address, port, &bound));
+  return std::make_unique<PageReceiver>(std::move(fd), bound, std::move(dir));
+}
+
+Result<ReceiverStats> PageReceiver::ServeOne(std::chrono::milliseconds accept_timeout,
+                                             std::chrono::milliseconds idle_timeout) {
+  ELSA_ASSIGN_OR_RETURN(UniqueFd sock, AcceptOne(listen_fd_.get(), Clock::now() + accept_timeout));
+  const auto start = Clock::now();
+  PageCopier copier;
+  ELSA_RETURN_IF_ERROR(copier.Init());
+  ReceiverStats stats;
+  std::optional<OpenImage> current;
+
+  auto open = [&](ImageTarget target) -> Status {
+    if (current) ELSA_RETURN_IF_ERROR(FinishImage(dir_.get(), *current));
+    current.emplace();
+    current->target = target;
+    current->pages_id = next_pages_id_++;
+    ELSA_ASSIGN_OR_RETURN(current->pages, CreateAt(dir_.get(), PagesFileName(current->pages_id)));
+    stats.pagemaps++;
+    return Status::Ok();
+  };
+  auto reply = [&](const void* bytes, size_t size) {
+    return SendAll(sock.get(), bytes, size, Clock::now() + idle_timeout);
+  };
+
+  for (;;) {
+    std::array<uint8_t, kRequestSize> raw{};
+    bool at_boundary = false;
+    Status st = RecvAll(sock.get(), raw.data(), raw.size(), Clock::now() + idle_timeout, &at_boundary);
+    if (!st.ok()) {
+      if (st.code() == StatusCode::kPeerClosed && at_boundary)
+        return Status::PeerClosed("criu closed the connection before CLOSE: the images are incomplete");
+      return st;
+    }
+    const Request req = DecodeRequest(raw);
+    stats.requests++;
+    switch (req.command) {
+      case kOpen:
+      case kOpen2: {
+        ELSA_ASSIGN_OR_RETURN(ImageTarget target, DecodeDstId(req.dst_id));
+        ELSA_RETURN_IF_ERROR(open(target));
+        if (req.command == kOpen2) {
+          const uint8_t has_parent = 0;  // this receiver keeps no parent images
+          ELSA_RETURN_IF_ERROR(reply(&has_parent, 1));
+        }
+        break;
+      }
+      case kParent: {
+        ELSA_RETURN_IF_ERROR(DecodeDstId(req.dst_id).status());
+        const int32_t has_parent = 0;
+        ELSA_RETURN_IF_ERROR(reply(&has_parent, sizeof has_parent));
+        break;
+      }
+      case kAdd:
+      case kHole:
+      case kAddF: {
+        const uint32_t flags = req.command == kAddF ? uint32_t{req.flags}
+                               : req.command == kAdd ? uint32_t{kPePresent}
+                                                     : uint32_t{kPeParent};
+        if (flags & ~(kPeParent | kPeLazy | kPePresent))
+          return Status::ProtocolError("unknown page flags " + std::to_string(flags));
+        if (req.nr_pages == 0 || req.nr_pages > kMaxPagesPerRequest)
+          return Status::ProtocolError("absurd page count " + std::to_string(req.nr_pages));
+        if (req.vaddr % kPageSize != 0 || req.vaddr > UINT64_MAX - req.nr_pages * kPageSize)
+          return Status::ProtocolError("bad page range at " + std::to_string(req.vaddr));
+        ELSA_ASSIGN_OR_RETURN(ImageTarget target, DecodeDstId(req.dst_id));
+        if (!current || !(current->target == target)) ELSA_RETURN_IF_ERROR(open(target));  // old CRIUs: no OPEN
+        current->entries.push_back({req.vaddr, req.nr_pages, flags});
+        if (flags & kPePresent) {
+          ELSA_RETURN_IF_ERROR(copier.Copy(sock.get(), current->pages.get(), req.nr_pages * kPageSize,
+                                           Clock::now() + idle_timeout));
+          stats.pages_present += req.nr_pages;
+        } else if (flags & kPeLazy) {
+          stats.pages_lazy += req.nr_pages;
+        } else {
+          stats.pages_in_parent += req.nr_pages;
+        }
+        break;
+      }
+      case kClose:
+      case kForceClose: {
+        if (current) ELSA_RETURN_IF_ERROR(FinishImage(dir_.get(), *current));
+        current.reset();
+        const int32_t done = 0;
+        ELSA_RETURN_IF_ERROR(reply(&done, sizeof done));
+        // criu closes its side next; waiting for that avoids a TIME_WAIT on our side.
+        char c;
+        (void)RecvAll(sock.get(), &c, 1, Clock::now() + std::chrono::seconds(10));
+        stats.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+        return stats;
+      }
+      case kGet:
+        return Status::ProtocolError("GET is for a lazy-pages server; this one receives a dump");
+      default:
+        return Status::ProtocolError("unknown page-server command " + std::to_string(req.command));
+    }
+  }
+}
+
+}  // namespace elsa::page_server
