@@ -1,0 +1,269 @@
+#include "elsa/page_server/page_store.h"
+
+#define XXH_STATIC_LINKING_ONLY
+#include <dirent.h>
+#include <fcntl.h>
+#include <lz4.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+
+#include "elsa/file_util.h"
+
+namespace elsa::page_server {
+namespace {
+
+constexpr size_t kPage = 4096;
+constexpr uint32_t kRecordMagic = 0x31475045;  // "EPG1"
+constexpr uint32_t kFlagLz4 = 1;
+
+// A record: this header, then stored_length bytes. `check` covers the header (with check = 0)
+// and the bytes, so any torn or damaged record fails it.
+struct RecordHeader {
+  uint32_t magic;
+  uint32_t stored_length;
+  uint64_t hash_low;
+  uint64_t hash_high;
+  uint32_t flags;
+  uint32_t reserved;
+  uint64_t check;
+};
+static_assert(sizeof(RecordHeader) == 40);
+
+uint64_t RecordCheck(RecordHeader h, const uint8_t* data) {
+  h.check = 0;
+  XXH3_state_t state;
+  XXH3_64bits_reset(&state);
+  XXH3_64bits_update(&state, &h, sizeof h);
+  XXH3_64bits_update(&state, data, h.stored_length);
+  return XXH3_64bits_digest(&state);
+}
+
+Status PreadAll(int fd, void* buf, size_t size, uint64_t offset) {
+  size_t got = 0;
+  while (got < size) {
+    ssize_t n = ::pread(fd, static_cast<uint8_t*>(buf) + got, size - got, static_cast<off_t>(offset + got));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno("pread", errno);
+    }
+    if (n == 0) return Status::Corruption("record runs past the end of its segment");
+    got += static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+std::string PageHash::ToHex() const { return HexU64(high) + HexU64(low); }
+
+PageHash HashPage(const uint8_t* page) {
+  XXH128_hash_t h = XXH3_128bits(page, kPage);
+  return {h.low64, h.high64};
+}
+
+PageStore::PageStore(std::string dir) : dir_(std::move(dir)) {}
+
+std::string PageStore::SegmentPath(uint32_t number) const {
+  char name[32];
+  std::snprintf(name, sizeof name, "seg-%06u.pack", number);
+  return dir_ + "/" + name;
+}
+
+Result<std::unique_ptr<PageStore>> PageStore::Open(const std::string& dir) {
+  ELSA_RETURN_IF_ERROR(MakeDirs(dir, 0700));
+  auto store = std::make_unique<PageStore>(dir);
+  ELSA_RETURN_IF_ERROR(store->Scan());
+  return store;
+}
+
+Status PageStore::Scan() {
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir_, ec)) {
+    unsigned number;
+    if (std::sscanf(e.path().filename().c_str(), "seg-%6u.pack", &number) == 1) segments_.push_back(number);
+  }
+  if (ec) return Status::IoError("list " + dir_ + ": " + ec.message());
+  std::sort(segments_.begin(), segments_.end());
+  std::vector<uint8_t> data(LZ4_compressBound(kPage));
+  for (size_t i = 0; i < segments_.size(); ++i) {
+    const uint32_t number = segments_[i];
+    const bool newest = i + 1 == segments_.size();
+    UniqueFd fd(::open(SegmentPath(number).c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) return Status::FromErrno("open " + SegmentPath(number), errno);
+    struct stat st {};
+    ::fstat(fd.get(), &st);
+    const uint64_t size = static_cast<uint64_t>(st.st_size);
+    uint64_t offset = 0;
+    while (offset < size) {
+      RecordHeader h{};
+      bool intact = size - offset >= sizeof h && PreadAll(fd.get(), &h, sizeof h, offset).ok() &&
+                    h.magic == kRecordMagic && h.stored_length <= data.size() &&
+                    size - offset - sizeof h >= h.stored_length &&
+                    PreadAll(fd.get(), data.data(), h.stored_length, offset + sizeof h).ok() &&
+                    RecordCheck(h, data.data()) == h.check;
+      if (!intact) {
+        if (!newest)
+          return Status::Corruption("page store segment " + SegmentPath(number) + " is damaged at byte " +
+                                    std::to_string(offset));
+        // A crash while appending: drop the torn tail, keep everything before it.
+        std::fprintf(stderr, "page store: cutting a torn record off %s at byte %llu\n", SegmentPath(number).c_str(),
+                     static_cast<unsigned long long>(offset));
+        if (::truncate(SegmentPath(number).c_str(), static_cast<off_t>(offset)) != 0)
+          return Status::FromErrno("truncate " + SegmentPath(number), errno);
+        break;
+      }
+      index_[{h.hash_low, h.hash_high}] = {number, offset, h.stored_length, (h.flags & kFlagLz4) != 0};
+      offset += sizeof h + h.stored_length;
+    }
+  }
+  stats_.unique_pages = index_.size();
+  if (segments_.empty()) return StartSegment(1);
+  active_.Reset(::open(SegmentPath(segments_.back()).c_str(), O_WRONLY | O_APPEND | O_CLOEXEC));
+  if (!active_) return Status::FromErrno("open " + SegmentPath(segments_.back()), errno);
+  struct stat st {};
+  ::fstat(active_.get(), &st);
+  active_size_ = static_cast<uint64_t>(st.st_size);
+  for (uint32_t n : segments_) {
+    struct stat s {};
+    if (::stat(SegmentPath(n).c_str(), &s) == 0) stats_.stored_bytes += static_cast<uint64_t>(s.st_size);
+  }
+  return Status::Ok();
+}
+
+Status PageStore::StartSegment(uint32_t number) {
+  if (active_ && ::fsync(active_.get()) != 0) return Status::FromErrno("fsync page segment", errno);
+  active_.Reset(::open(SegmentPath(number).c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+  if (!active_) return Status::FromErrno("create " + SegmentPath(number), errno);
+  segments_.push_back(number);
+  active_size_ = 0;
+  return FsyncPath(dir_);
+}
+
+Status PageStore::AppendLocked(const PageHash& hash, const uint8_t* page) {
+  if (active_size_ >= kSegmentBytes) ELSA_RETURN_IF_ERROR(StartSegment(segments_.back() + 1));
+  uint8_t record[sizeof(RecordHeader) + LZ4_COMPRESSBOUND(kPage)];
+  RecordHeader h{kRecordMagic, 0, hash.low, hash.high, 0, 0, 0};
+  uint8_t* data = record + sizeof h;
+  int packed = LZ4_compress_default(reinterpret_cast<const char*>(page), reinterpret_cast<char*>(data),
+                                    static_cast<int>(kPage), LZ4_COMPRESSBOUND(kPage));
+  if (packed > 0 && static_cast<size_t>(packed) < kPage - kPage / 16) {
+    h.flags = kFlagLz4;
+    h.stored_length = static_cast<uint32_t>(packed);
+  } else {  // does not compress: keep it raw, reading it back costs nothing
+    std::memcpy(data, page, kPage);
+    h.stored_length = kPage;
+  }
+  h.check = RecordCheck(h, data);
+  std::memcpy(record, &h, sizeof h);
+  const size_t total = sizeof h + h.stored_length;
+  size_t done = 0;
+  while (done < total) {
+    ssize_t n = ::write(active_.get(), record + done, total - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno("append to the page store", errno);
+    }
+    done += static_cast<size_t>(n);
+  }
+  index_[hash] = {segments_.back(), active_size_, h.stored_length, h.flags == kFlagLz4};
+  active_size_ += total;
+  stats_.stored_bytes += total;
+  stats_.unique_pages = index_.size();
+  return Status::Ok();
+}
+
+Result<PageHash> PageStore::Put(const uint8_t* page) {
+  const PageHash hash = HashPage(page);
+  std::lock_guard lock(mu_);
+  stats_.puts++;
+  if (index_.count(hash)) {
+    stats_.duplicate_puts++;
+    return hash;
+  }
+  ELSA_RETURN_IF_ERROR(AppendLocked(hash, page));
+  return hash;
+}
+
+bool PageStore::Contains(const PageHash& hash) const {
+  std::lock_guard lock(mu_);
+  return index_.count(hash) != 0;
+}
+
+Status PageStore::Get(const PageHash& hash, uint8_t* out) const {
+  Location loc;
+  {
+    std::lock_guard lock(mu_);
+    auto it = index_.find(hash);
+    if (it == index_.end()) return Status::NotFound("page " + hash.ToHex() + " is not in the store");
+    loc = it->second;
+  }
+  return ReadAt(loc, hash, out);
+}
+
+Status PageStore::ReadAt(const Location& loc, const PageHash& hash, uint8_t* out) const {
+  UniqueFd fd(::open(SegmentPath(loc.segment).c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return Status::FromErrno("open " + SegmentPath(loc.segment), errno);
+  uint8_t record[sizeof(RecordHeader) + LZ4_COMPRESSBOUND(kPage)];
+  ELSA_RETURN_IF_ERROR(PreadAll(fd.get(), record, sizeof(RecordHeader) + loc.stored_length, loc.offset));
+  RecordHeader h;
+  std::memcpy(&h, record, sizeof h);
+  const uint8_t* data = record + sizeof h;
+  if (h.magic != kRecordMagic || h.stored_length != loc.stored_length || RecordCheck(h, data) != h.check ||
+      h.hash_low != hash.low || h.hash_high != hash.high)
+    return Status::Corruption("page " + hash.ToHex() + " is damaged in " + SegmentPath(loc.segment));
+  if (h.flags & kFlagLz4) {
+    int n = LZ4_decompress_safe(reinterpret_cast<const char*>(data), reinterpret_cast<char*>(out),
+                                static_cast<int>(h.stored_length), static_cast<int>(kPage));
+    if (n != static_cast<int>(kPage)) return Status::Corruption("page " + hash.ToHex() + " does not decompress");
+  } else {
+    std::memcpy(out, data, kPage);
+  }
+  if (HashPage(out) != hash) return Status::Corruption("page " + hash.ToHex() + " does not match its hash");
+  return Status::Ok();
+}
+
+Status PageStore::Sync() {
+  std::lock_guard lock(mu_);
+  if (::fsync(active_.get()) != 0) return Status::FromErrno("fsync page segment", errno);
+  return Status::Ok();
+}
+
+Result<uint64_t> PageStore::Collect(const std::function<bool(const PageHash&)>& live) {
+  // Copy the live pages into fresh segments, then delete the old ones. Until they are deleted
+  // both copies exist, so a crash at any point loses nothing. The store is busy meanwhile.
+  std::lock_guard lock(mu_);
+  const uint64_t before = stats_.stored_bytes;
+  const auto old_index = index_;
+  const std::vector<uint32_t> old_segments = segments_;
+  ELSA_RETURN_IF_ERROR(StartSegment(old_segments.back() + 1));
+  const uint32_t first_new = segments_.back();
+  index_.clear();
+  stats_.stored_bytes = 0;
+  std::vector<uint8_t> page(kPage);
+  for (const auto& [hash, loc] : old_index) {
+    if (!live(hash)) continue;
+    ELSA_RETURN_IF_ERROR(ReadAt(loc, hash, page.data()).WithContext("collecting the page store"));
+    ELSA_RETURN_IF_ERROR(AppendLocked(hash, page.data()));
+  }
+  if (::fsync(active_.get()) != 0) return Status::FromErrno("fsync page segment", errno);
+  for (uint32_t n : old_segments) std::filesystem::remove(SegmentPath(n));
+  segments_.erase(std::remove_if(segments_.begin(), segments_.end(), [&](uint32_t n) { return n < first_new; }),
+                  segments_.end());
+  ELSA_RETURN_IF_ERROR(FsyncPath(dir_));
+  stats_.unique_pages = index_.size();
+  return before > stats_.stored_bytes ? before - stats_.stored_bytes : 0;
+}
+
+PageStoreStats PageStore::Stats() const {
+  std::lock_guard lock(mu_);
+  return stats_;
+}
+
+}  // namespace elsa::page_server
