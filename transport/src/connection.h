@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <vector>
 
 #include "elsa/status.h"
 #include "elsa/transport/transport.h"
@@ -52,6 +53,9 @@ Status UringAvailable();
 // reason, where no RDMA device exists.
 Result<std::unique_ptr<Connection>> MakeRdmaConnection(UniqueFd fd, Deadline deadline);
 Status RdmaAvailable();
+
+// Moves the iovec list past `bytes` written: `*first` is the first iovec with bytes left.
+void AdvanceIov(std::vector<iovec>& iov, size_t* first, size_t bytes);
 
 // Socket helpers shared by both backends.
 Result<UniqueFd> ConnectTcp(const Endpoint& peer, Deadline deadline);

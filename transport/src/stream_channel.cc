@@ -106,15 +106,7 @@ StreamChannel::~StreamChannel() {
     std::lock_guard lock(mu_);
     stopping_ = true;
   }
-  for (auto& s : streams_) {
-    {
-      std::lock_guard lock(s->mu);
-      s->stop = true;
-    }
-    s->cv.notify_all();
-    s->conn->Abort();
-  }
-  cv_.notify_all();
+  StopStreams();
   for (auto& s : streams_) {
     s->writer.join();
     s->reader.join();
@@ -127,6 +119,10 @@ void StreamChannel::Fail(Status status) {
     if (stopping_ || !error_.ok()) return;
     error_ = std::move(status);
   }
+  StopStreams();
+}
+
+void StreamChannel::StopStreams() {
   for (auto& s : streams_) {
     {
       std::lock_guard lock(s->mu);

@@ -84,6 +84,8 @@ class StreamChannel final : public Channel {
   Status ReadFrames(Stream& s);
   Status Deliver(Stream& s, const FrameHeader& header, Message message);
   void Fail(Status status);
+  // Wakes and stops every writer and shuts every connection down (readers then end too).
+  void StopStreams();
 
   ChannelOptions options_;
   std::vector<std::unique_ptr<Stream>> streams_;

@@ -55,14 +55,7 @@ class TcpConnection final : public Connection {
         if (errno == EPIPE || errno == ECONNRESET) return Status::PeerClosed("peer closed the connection while we were sending");
         return Status::FromErrno("sendmsg", errno);
       }
-      for (size_t done = static_cast<size_t>(n); done > 0 && first < iov.size();) {
-        size_t take = std::min(done, iov[first].iov_len);
-        iov[first].iov_base = static_cast<uint8_t*>(iov[first].iov_base) + take;
-        iov[first].iov_len -= take;
-        done -= take;
-        if (iov[first].iov_len == 0) ++first;
-      }
-      while (first < iov.size() && iov[first].iov_len == 0) ++first;
+      AdvanceIov(iov, &first, static_cast<size_t>(n));
     }
     return Status::Ok();
   }
@@ -83,6 +76,17 @@ class TcpConnection final : public Connection {
 };
 
 }  // namespace
+
+void AdvanceIov(std::vector<iovec>& iov, size_t* first, size_t bytes) {
+  while (bytes > 0 && *first < iov.size()) {
+    size_t take = std::min(bytes, iov[*first].iov_len);
+    iov[*first].iov_base = static_cast<uint8_t*>(iov[*first].iov_base) + take;
+    iov[*first].iov_len -= take;
+    bytes -= take;
+    if (iov[*first].iov_len == 0) ++*first;
+  }
+  while (*first < iov.size() && iov[*first].iov_len == 0) ++*first;
+}
 
 void Connection::ShutdownWrite() { ::shutdown(fd_.get(), SHUT_WR); }
 void Connection::Abort() { ::shutdown(fd_.get(), SHUT_RDWR); }

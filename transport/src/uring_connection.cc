@@ -103,15 +103,8 @@ class UringConnection final : public Connection {
         written += static_cast<size_t>(result[c]);
         if (static_cast<size_t>(result[c]) < expect[c]) break;
       }
-      // Advance past what was written (all of it, unless a send came back short).
-      while (written > 0 && first < rest.size()) {
-        size_t take = std::min(written, rest[first].iov_len);
-        rest[first].iov_base = static_cast<uint8_t*>(rest[first].iov_base) + take;
-        rest[first].iov_len -= take;
-        written -= take;
-        if (rest[first].iov_len == 0) ++first;
-      }
-      while (first < rest.size() && rest[first].iov_len == 0) ++first;
+      // Past what was written: all of it, unless a send came back short.
+      AdvanceIov(rest, &first, written);
     }
     return Status::Ok();
   }
