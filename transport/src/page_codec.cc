@@ -22,6 +22,20 @@ PageBatch::PageBatch(size_t reserve_pages) {
   data_.reserve(reserve_pages * kPageSize);
 }
 
+PageBatch::PageBatch(const PageBatch& other) : addresses_(other.addresses_) {
+  data_.resize(other.data_.size());
+  if (!data_.empty()) std::memcpy(data_.data(), other.data_.data(), data_.size());
+}
+
+PageBatch& PageBatch::operator=(const PageBatch& other) {
+  if (this != &other) {
+    addresses_ = other.addresses_;
+    data_.resize(other.data_.size());
+    if (!data_.empty()) std::memcpy(data_.data(), other.data_.data(), data_.size());
+  }
+  return *this;
+}
+
 uint8_t* PageBatch::AddPage(uint64_t address) {
   addresses_.push_back(address & ~kPageEntryFlagMask);
   data_.resize(data_.size() + kPageSize);

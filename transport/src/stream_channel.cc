@@ -63,7 +63,7 @@ bool StreamChannel::CompressionPolicy::ShouldTry() {
   }
   // Compressing saves (1 - ratio) of the bytes at the cost of the time lz4 takes: it only pays
   // if lz4 turns out saved bytes faster than the link would have sent them.
-  if (wire_bps > 0 && compress_bps > 0 && compress_bps * (1 - ratio) < wire_bps) {
+  if (wire_bps() > 0 && compress_bps > 0 && compress_bps * (1 - ratio) < wire_bps()) {
     skip = 32;  // probe again later: the link or the content may change
     return false;
   }
@@ -83,7 +83,9 @@ void StreamChannel::CompressionPolicy::Record(bool tried, bool shrank, size_t ra
 }
 
 void StreamChannel::CompressionPolicy::RecordWrite(size_t bytes, double seconds) {
-  if (bytes >= (256u << 10) && seconds > 0) wire_bps = Ewma(wire_bps, static_cast<double>(bytes) / seconds);
+  constexpr double kDecay = 0.95;
+  written_bytes = written_bytes * kDecay + static_cast<double>(bytes);
+  write_seconds = write_seconds * kDecay + seconds;
 }
 
 StreamChannel::StreamChannel(std::vector<std::unique_ptr<Connection>> connections, const ChannelOptions& options)

@@ -50,7 +50,12 @@ class StreamChannel final : public Channel {
     int backoff = 1;
     double ratio = 0.5;         // EWMA of wire/raw for compressed frames
     double compress_bps = 0;    // EWMA of lz4 input bytes per second
-    double wire_bps = 0;        // EWMA of bytes per second the connection accepted
+    // Bytes written and seconds spent writing them, both decaying. Weighted by time, not by
+    // sample: writes into a socket buffer with room are instant and would make any link look as
+    // fast as memory; the writes that block are the ones that say how fast the link is.
+    double written_bytes = 0;
+    double write_seconds = 0;
+    double wire_bps() const { return write_seconds > 0 ? written_bytes / write_seconds : 0; }
     bool ShouldTry();
     void Record(bool tried, bool shrank, size_t raw, size_t wire, double seconds);
     void RecordWrite(size_t bytes, double seconds);
