@@ -1,5 +1,7 @@
 #include "elsa/file_util.h"
 
+#include "elsa/fd_io.h"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -36,18 +38,6 @@ Result<std::string> ReadFile(const std::string& path, size_t max_bytes) {
   return out;
 }
 
-static Status WriteAll(int fd, std::string_view data, const std::string& what) {
-  while (!data.empty()) {
-    ssize_t n = ::write(fd, data.data(), data.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno("write " + what, errno);
-    }
-    data.remove_prefix(static_cast<size_t>(n));
-  }
-  return Status::Ok();
-}
-
 Status FsyncPath(const std::string& path) {
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd) return Status::FromErrno("open " + path, errno);
@@ -60,7 +50,7 @@ Status WriteFileAtomic(const std::string& path, std::string_view contents) {
   {
     UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
     if (!fd) return Status::FromErrno("create " + tmp, errno);
-    ELSA_RETURN_IF_ERROR(WriteAll(fd.get(), contents, tmp));
+    ELSA_RETURN_IF_ERROR(WriteFully(fd.get(), contents, "write " + tmp));
     if (::fsync(fd.get()) != 0) return Status::FromErrno("fsync " + tmp, errno);
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0) {

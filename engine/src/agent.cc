@@ -299,7 +299,7 @@ Result<RestoreReport> Agent::Restore(const std::string& checkpoint_id, const std
     Session* s = FindLocked(name);
     if ((s && s->info.state == "running") || reserved_names_.count(name))
       return Status::AlreadyExists("a session named '" + name + "' is running; restore under another name with --name");
-    reserved_names_[name] = true;
+    reserved_names_.insert(name);
   }
   auto release_name = [&] {
     std::lock_guard lock(mu_);

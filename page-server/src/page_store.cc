@@ -14,6 +14,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "elsa/fd_io.h"
 #include "elsa/file_util.h"
 
 namespace elsa::page_server {
@@ -163,15 +164,8 @@ Status PageStore::AppendLocked(const PageHash& hash, const uint8_t* page) {
   h.check = RecordCheck(h, data);
   std::memcpy(record, &h, sizeof h);
   const size_t total = sizeof h + h.stored_length;
-  size_t done = 0;
-  while (done < total) {
-    ssize_t n = ::write(active_.get(), record + done, total - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno("append to the page store", errno);
-    }
-    done += static_cast<size_t>(n);
-  }
+  ELSA_RETURN_IF_ERROR(WriteFully(active_.get(), {reinterpret_cast<const char*>(record), total},
+                                  "append to the page store"));
   index_[hash] = {segments_.back(), active_size_, h.stored_length, h.flags == kFlagLz4};
   active_size_ += total;
   stats_.stored_bytes += total;

@@ -10,6 +10,7 @@
 #include <optional>
 #include <vector>
 
+#include "elsa/fd_io.h"
 #include "elsa/file_util.h"
 #include "elsa/page_server/protocol.h"
 #include "socket_io.h"
@@ -22,18 +23,8 @@ constexpr uint64_t kMaxPagesPerRequest = 1ull << 28;  // 1 TiB
 constexpr uint32_t kFirstPagesId = 0x10001;            // as `criu page-server` numbers them
 constexpr size_t kPipeBytes = 1u << 20;
 
-Status WriteAllFd(int fd, const uint8_t* data, size_t size, const std::string& what) {
-  while (size > 0) {
-    ssize_t n = ::write(fd, data, size);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno("write " + what, errno);
-    }
-    data += n;
-    size -= static_cast<size_t>(n);
-  }
-  return Status::Ok();
-}
+// Bytes as a string_view, for WriteFully.
+std::string_view Bytes(const uint8_t* data, size_t size) { return {reinterpret_cast<const char*>(data), size}; }
 
 // Moves `bytes` from the socket into the pages file without copying through user space
 // (socket -> pipe -> file with splice), falling back to read/write where splice is refused.
@@ -88,7 +79,7 @@ class PageCopier {
       if (errno == EAGAIN || errno == EINTR) return size_t{0};
       return Status::FromErrno("recv", errno);
     }
-    ELSA_RETURN_IF_ERROR(WriteAllFd(file, buffer_.data(), static_cast<size_t>(n), "pages image"));
+    ELSA_RETURN_IF_ERROR(WriteFully(file, Bytes(buffer_.data(), static_cast<size_t>(n)), "write pages image"));
     return static_cast<size_t>(n);
   }
 
@@ -117,7 +108,7 @@ Status FinishImage(int dir, OpenImage& image) {
   const std::vector<uint8_t> pagemap = EncodePagemapImage(image.pages_id, image.entries);
   const std::string name = PagemapFileName(image.target);
   ELSA_ASSIGN_OR_RETURN(UniqueFd fd, CreateAt(dir, name));
-  ELSA_RETURN_IF_ERROR(WriteAllFd(fd.get(), pagemap.data(), pagemap.size(), name));
+  ELSA_RETURN_IF_ERROR(WriteFully(fd.get(), Bytes(pagemap.data(), pagemap.size()), "write " + name));
   if (::fsync(fd.get()) != 0) return Status::FromErrno("fsync " + name, errno);
   return Status::Ok();
 }

@@ -1,5 +1,7 @@
 #include "socket_io.h"
 
+#include "elsa/fd_io.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -13,19 +15,8 @@
 namespace elsa::page_server {
 namespace {
 
-int MillisUntil(Clock::time_point deadline) {
-  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-  return static_cast<int>(std::clamp<long long>(left, 0, INT_MAX));
-}
-
 Status WaitFor(int fd, short events, Clock::time_point deadline) {
-  for (;;) {
-    pollfd p{fd, events, 0};
-    int r = ::poll(&p, 1, MillisUntil(deadline));
-    if (r > 0) return Status::Ok();
-    if (r == 0) return Status::Timeout("the peer went quiet");
-    if (errno != EINTR) return Status::FromErrno("poll", errno);
-  }
+  return PollUntil(fd, events, deadline, "the peer went quiet");
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "connection.h"
+#include "elsa/fd_io.h"
 #include "handshake.h"
 
 namespace elsa::transport {
@@ -30,11 +31,6 @@ constexpr int kRecvSlots = 32;
 int EnvInt(const char* name, int fallback) {
   const char* v = std::getenv(name);
   return v ? std::atoi(v) : fallback;
-}
-
-int MillisUntil(Deadline deadline) {
-  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-  return static_cast<int>(std::clamp<long long>(left, 0, INT_MAX));
 }
 
 struct DeviceList {

@@ -14,24 +14,14 @@
 #include <vector>
 
 #include "connection.h"
+#include "elsa/fd_io.h"
 
 namespace elsa::transport {
 namespace {
 
-int MillisUntil(Deadline deadline) {
-  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-  return static_cast<int>(std::clamp<long long>(left, 0, INT_MAX));
-}
-
 // Waits for `events` on fd; Timeout when the deadline passes first.
 Status WaitFor(int fd, short events, Deadline deadline, const char* what) {
-  for (;;) {
-    pollfd p{fd, events, 0};
-    int r = ::poll(&p, 1, MillisUntil(deadline));
-    if (r > 0) return Status::Ok();
-    if (r == 0) return Status::Timeout(std::string("peer stalled: no progress ") + what + " before the deadline");
-    if (errno != EINTR) return Status::FromErrno("poll", errno);
-  }
+  return PollUntil(fd, events, deadline, std::string("peer stalled: no progress ") + what + " before the deadline");
 }
 
 class TcpConnection final : public Connection {

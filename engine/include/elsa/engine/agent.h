@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -121,7 +122,7 @@ class Agent {
   mutable std::mutex mu_;
   std::condition_variable exited_cv_;
   std::map<std::string, std::unique_ptr<Session>> sessions_;
-  std::map<std::string, bool> reserved_names_;  // names being restored into
+  std::set<std::string> reserved_names_;  // names being restored into
   uint64_t next_serial_ = 1;
 };
 
