@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <unordered_set>
 
 #include "elsa/fd_io.h"
 #include "elsa/file_util.h"
@@ -147,30 +148,84 @@ Status PageStore::StartSegment(uint32_t number) {
   return FsyncPath(dir_);
 }
 
-Status PageStore::AppendLocked(const PageHash& hash, const uint8_t* page) {
-  if (active_size_ >= kSegmentBytes) ELSA_RETURN_IF_ERROR(StartSegment(segments_.back() + 1));
-  uint8_t record[sizeof(RecordHeader) + LZ4_COMPRESSBOUND(kPage)];
+namespace {
+
+// Appends one record for `page` to `out`: lz4 when that saves at least 1/16, else raw (reading a
+// raw page back costs nothing). Returns the record's location fields.
+PageStore::Location BuildRecord(const PageHash& hash, const uint8_t* page, std::vector<uint8_t>& out) {
+  const size_t at = out.size();
+  out.resize(at + sizeof(RecordHeader) + LZ4_COMPRESSBOUND(kPage));
   RecordHeader h{kRecordMagic, 0, hash.low, hash.high, 0, 0, 0};
-  uint8_t* data = record + sizeof h;
+  uint8_t* data = out.data() + at + sizeof h;
   int packed = LZ4_compress_default(reinterpret_cast<const char*>(page), reinterpret_cast<char*>(data),
                                     static_cast<int>(kPage), LZ4_COMPRESSBOUND(kPage));
   if (packed > 0 && static_cast<size_t>(packed) < kPage - kPage / 16) {
     h.flags = kFlagLz4;
     h.stored_length = static_cast<uint32_t>(packed);
-  } else {  // does not compress: keep it raw, reading it back costs nothing
+  } else {
     std::memcpy(data, page, kPage);
     h.stored_length = kPage;
   }
   h.check = RecordCheck(h, data);
-  std::memcpy(record, &h, sizeof h);
-  const size_t total = sizeof h + h.stored_length;
-  ELSA_RETURN_IF_ERROR(WriteFully(active_.get(), {reinterpret_cast<const char*>(record), total},
+  std::memcpy(out.data() + at, &h, sizeof h);
+  out.resize(at + sizeof h + h.stored_length);
+  return {0, at, h.stored_length, h.flags == kFlagLz4};
+}
+
+}  // namespace
+
+Status PageStore::AppendLocked(const PageHash& hash, const uint8_t* page) {
+  std::vector<uint8_t> records;
+  records.reserve(sizeof(RecordHeader) + LZ4_COMPRESSBOUND(kPage));
+  Location loc = BuildRecord(hash, page, records);
+  return AppendRecordsLocked(records, {{hash, loc}});
+}
+
+Status PageStore::AppendRecordsLocked(const std::vector<uint8_t>& records,
+                                      const std::vector<std::pair<PageHash, Location>>& added) {
+  if (records.empty()) return Status::Ok();
+  if (active_size_ >= kSegmentBytes) ELSA_RETURN_IF_ERROR(StartSegment(segments_.back() + 1));
+  ELSA_RETURN_IF_ERROR(WriteFully(active_.get(), {reinterpret_cast<const char*>(records.data()), records.size()},
                                   "append to the page store"));
-  index_[hash] = {segments_.back(), active_size_, h.stored_length, h.flags == kFlagLz4};
-  active_size_ += total;
-  stats_.stored_bytes += total;
+  for (auto [hash, loc] : added) {
+    loc.segment = segments_.back();
+    loc.offset += active_size_;
+    index_[hash] = loc;
+  }
+  active_size_ += records.size();
+  stats_.stored_bytes += records.size();
   stats_.unique_pages = index_.size();
   return Status::Ok();
+}
+
+Result<size_t> PageStore::PutBatch(const uint8_t* pages, size_t count, PageHash* hashes) {
+  for (size_t i = 0; i < count; ++i) hashes[i] = HashPage(pages + i * kPage);
+  // Batches stay well below a segment, so a batch never straddles two.
+  constexpr size_t kMaxRecordsBytes = 4u << 20;
+  std::vector<uint8_t> records;
+  std::vector<std::pair<PageHash, Location>> added;
+  std::lock_guard lock(mu_);
+  auto flush = [&]() -> Status {
+    Status st = AppendRecordsLocked(records, added);
+    records.clear();
+    added.clear();
+    return st;
+  };
+  std::unordered_set<PageHash, HashOf> in_batch;
+  size_t fresh = 0;
+  for (size_t i = 0; i < count; ++i) {
+    stats_.puts++;
+    const PageHash& hash = hashes[i];
+    if (index_.count(hash) || !in_batch.insert(hash).second) {
+      stats_.duplicate_puts++;
+      continue;
+    }
+    added.emplace_back(hash, BuildRecord(hash, pages + i * kPage, records));
+    ++fresh;
+    if (records.size() >= kMaxRecordsBytes) ELSA_RETURN_IF_ERROR(flush());
+  }
+  ELSA_RETURN_IF_ERROR(flush());
+  return fresh;
 }
 
 Result<PageHash> PageStore::Put(const uint8_t* page) {
@@ -191,21 +246,26 @@ bool PageStore::Contains(const PageHash& hash) const {
 }
 
 Status PageStore::Get(const PageHash& hash, uint8_t* out) const {
-  Location loc;
-  {
-    std::lock_guard lock(mu_);
-    auto it = index_.find(hash);
-    if (it == index_.end()) return Status::NotFound("page " + hash.ToHex() + " is not in the store");
-    loc = it->second;
-  }
-  return ReadAt(loc, hash, out);
+  std::lock_guard lock(mu_);
+  auto it = index_.find(hash);
+  if (it == index_.end()) return Status::NotFound("page " + hash.ToHex() + " is not in the store");
+  return ReadLocked(it->second, hash, out);
 }
 
-Status PageStore::ReadAt(const Location& loc, const PageHash& hash, uint8_t* out) const {
-  UniqueFd fd(::open(SegmentPath(loc.segment).c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) return Status::FromErrno("open " + SegmentPath(loc.segment), errno);
+Result<int> PageStore::ReadFdLocked(uint32_t segment) const {
+  auto it = read_fds_.find(segment);
+  if (it != read_fds_.end()) return it->second.get();
+  UniqueFd fd(::open(SegmentPath(segment).c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return Status::FromErrno("open " + SegmentPath(segment), errno);
+  const int raw = fd.get();
+  read_fds_.emplace(segment, std::move(fd));
+  return raw;
+}
+
+Status PageStore::ReadLocked(const Location& loc, const PageHash& hash, uint8_t* out) const {
+  ELSA_ASSIGN_OR_RETURN(int fd, ReadFdLocked(loc.segment));
   uint8_t record[sizeof(RecordHeader) + LZ4_COMPRESSBOUND(kPage)];
-  ELSA_RETURN_IF_ERROR(PreadAll(fd.get(), record, sizeof(RecordHeader) + loc.stored_length, loc.offset));
+  ELSA_RETURN_IF_ERROR(PreadAll(fd, record, sizeof(RecordHeader) + loc.stored_length, loc.offset));
   RecordHeader h;
   std::memcpy(&h, record, sizeof h);
   const uint8_t* data = record + sizeof h;
@@ -230,25 +290,44 @@ Status PageStore::Sync() {
 }
 
 Result<uint64_t> PageStore::Collect(const std::function<bool(const PageHash&)>& live) {
-  // Copy the live pages into fresh segments, then delete the old ones. Until they are deleted
-  // both copies exist, so a crash at any point loses nothing. The store is busy meanwhile.
+  // Live pages of a segment that holds dead ones are copied into a fresh segment, then the old
+  // segment is deleted. Until then both copies exist, so a crash at any point loses nothing.
+  // The store is busy meanwhile.
   std::lock_guard lock(mu_);
+  std::unordered_set<uint32_t> to_rewrite;
+  std::vector<std::pair<PageHash, Location>> dead;
+  for (const auto& [hash, loc] : index_)
+    if (!live(hash)) {
+      to_rewrite.insert(loc.segment);
+      dead.emplace_back(hash, loc);
+    }
+  if (to_rewrite.empty()) return uint64_t{0};
+  for (const auto& d : dead) index_.erase(d.first);
   const uint64_t before = stats_.stored_bytes;
-  const auto old_index = index_;
-  const std::vector<uint32_t> old_segments = segments_;
-  ELSA_RETURN_IF_ERROR(StartSegment(old_segments.back() + 1));
-  const uint32_t first_new = segments_.back();
-  index_.clear();
-  stats_.stored_bytes = 0;
+  // The active segment is sealed first, so what is moved never lands in a segment being deleted.
+  ELSA_RETURN_IF_ERROR(StartSegment(segments_.back() + 1));
   std::vector<uint8_t> page(kPage);
-  for (const auto& [hash, loc] : old_index) {
-    if (!live(hash)) continue;
-    ELSA_RETURN_IF_ERROR(ReadAt(loc, hash, page.data()).WithContext("collecting the page store"));
-    ELSA_RETURN_IF_ERROR(AppendLocked(hash, page.data()));
+  std::vector<uint8_t> records;
+  std::vector<std::pair<PageHash, Location>> moved;
+  for (const auto& [hash, loc] : index_) {
+    if (!to_rewrite.count(loc.segment)) continue;
+    ELSA_RETURN_IF_ERROR(ReadLocked(loc, hash, page.data()).WithContext("collecting the page store"));
+    moved.emplace_back(hash, BuildRecord(hash, page.data(), records));
+    if (records.size() >= (4u << 20)) {
+      ELSA_RETURN_IF_ERROR(AppendRecordsLocked(records, moved));
+      records.clear();
+      moved.clear();
+    }
   }
+  ELSA_RETURN_IF_ERROR(AppendRecordsLocked(records, moved));
   if (::fsync(active_.get()) != 0) return Status::FromErrno("fsync page segment", errno);
-  for (uint32_t n : old_segments) std::filesystem::remove(SegmentPath(n));
-  segments_.erase(std::remove_if(segments_.begin(), segments_.end(), [&](uint32_t n) { return n < first_new; }),
+  for (uint32_t n : to_rewrite) {
+    read_fds_.erase(n);
+    struct stat st {};
+    if (::stat(SegmentPath(n).c_str(), &st) == 0) stats_.stored_bytes -= static_cast<uint64_t>(st.st_size);
+    std::filesystem::remove(SegmentPath(n));
+  }
+  segments_.erase(std::remove_if(segments_.begin(), segments_.end(), [&](uint32_t n) { return to_rewrite.count(n) != 0; }),
                   segments_.end());
   ELSA_RETURN_IF_ERROR(FsyncPath(dir_));
   stats_.unique_pages = index_.size();

@@ -2,106 +2,24 @@
 
 #include <cstring>
 
+#include "protobuf_wire.h"
+
 namespace elsa::page_server {
 namespace {
 
-constexpr uint32_t kImgCommonMagic = 0x54564319;
+using wire::PutRecord;
+using wire::PutU32;
+using wire::PutVarint;
+
 constexpr uint32_t kPagemapMagic = 0x56084025;
 constexpr uint64_t kPsTypeBits = 8;
-constexpr size_t kMaxRecord = 1u << 16;
 
-static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "CRIU writes host order; we assume x86-64/arm64 LE");
-
-void PutVarint(std::vector<uint8_t>* out, uint64_t v) {
-  while (v >= 0x80) {
-    out->push_back(static_cast<uint8_t>(v | 0x80));
-    v >>= 7;
-  }
-  out->push_back(static_cast<uint8_t>(v));
-}
-
-void PutU32(std::vector<uint8_t>* out, uint32_t v) {
-  uint8_t b[4];
-  std::memcpy(b, &v, 4);
-  out->insert(out->end(), b, b + 4);
-}
-
-// A length-prefixed protobuf record, as pb_write_one() writes it.
-void PutRecord(std::vector<uint8_t>* out, const std::vector<uint8_t>& message) {
-  PutU32(out, static_cast<uint32_t>(message.size()));
-  out->insert(out->end(), message.begin(), message.end());
-}
-
-class Cursor {
- public:
-  explicit Cursor(std::span<const uint8_t> b) : b_(b) {}
-  bool done() const { return pos_ >= b_.size(); }
-  size_t pos() const { return pos_; }
-  bool U32(uint32_t* v) {
-    if (b_.size() - pos_ < 4) return false;
-    std::memcpy(v, b_.data() + pos_, 4);
-    pos_ += 4;
-    return true;
-  }
-  bool Varint(uint64_t* v) {
-    *v = 0;
-    for (int shift = 0; shift < 64; shift += 7) {
-      if (pos_ >= b_.size()) return false;
-      uint8_t byte = b_[pos_++];
-      *v |= static_cast<uint64_t>(byte & 0x7f) << shift;
-      if (!(byte & 0x80)) return true;
-    }
-    return false;
-  }
-  bool Skip(size_t n) {
-    if (b_.size() - pos_ < n) return false;
-    pos_ += n;
-    return true;
-  }
-  std::span<const uint8_t> Take(size_t n) {
-    auto s = b_.subspan(pos_, n);
-    pos_ += n;
-    return s;
-  }
-  size_t left() const { return b_.size() - pos_; }
-
- private:
-  std::span<const uint8_t> b_;
-  size_t pos_ = 0;
-};
-
-// Walks a protobuf message, calling `field(number, value)` for varint fields and skipping the
-// rest by wire type. False if the message is malformed.
+// Calls `field(number, value)` for the varint fields of a message; false if it is malformed.
 template <typename Fn>
 bool ForEachVarint(std::span<const uint8_t> msg, Fn field) {
-  Cursor c(msg);
-  while (!c.done()) {
-    uint64_t key;
-    if (!c.Varint(&key)) return false;
-    const uint64_t number = key >> 3;
-    switch (key & 7) {
-      case 0: {
-        uint64_t v;
-        if (!c.Varint(&v)) return false;
-        field(number, v);
-        break;
-      }
-      case 1:
-        if (!c.Skip(8)) return false;
-        break;
-      case 2: {
-        uint64_t len;
-        if (!c.Varint(&len) || len > c.left() || !c.Skip(len)) return false;
-        break;
-      }
-      case 5:
-        if (!c.Skip(4)) return false;
-        break;
-      default:
-        return false;
-    }
-  }
-  return true;
+  return wire::ForEachField(msg, [&](const wire::Field& f) {
+    if (f.wire_type == 0) field(f.number, f.varint);
+  });
 }
 
 }  // namespace
@@ -145,7 +63,7 @@ std::string PagesFileName(uint32_t pages_id) { return "pages-" + std::to_string(
 
 std::vector<uint8_t> EncodePagemapImage(uint32_t pages_id, std::span<const PagemapEntry> entries) {
   std::vector<uint8_t> out;
-  PutU32(&out, kImgCommonMagic);
+  PutU32(&out, wire::kImgCommonMagic);
   PutU32(&out, kPagemapMagic);
   std::vector<uint8_t> msg;
   msg.push_back(0x08);  // field 1, varint: pages_id
@@ -167,17 +85,10 @@ std::vector<uint8_t> EncodePagemapImage(uint32_t pages_id, std::span<const Pagem
 }
 
 Result<PagemapImage> DecodePagemapImage(std::span<const uint8_t> bytes) {
-  Cursor c(bytes);
-  uint32_t magic1, magic2;
-  if (!c.U32(&magic1) || !c.U32(&magic2) || magic1 != kImgCommonMagic || magic2 != kPagemapMagic)
-    return Status::Corruption("not a CRIU pagemap image (bad magic)");
+  ELSA_ASSIGN_OR_RETURN(auto records, wire::ImageRecords(bytes, kPagemapMagic, "pagemap image"));
   PagemapImage image;
   bool have_head = false;
-  while (!c.done()) {
-    uint32_t len;
-    if (!c.U32(&len) || len > kMaxRecord || len > c.left())
-      return Status::Corruption("pagemap image: truncated or oversized record at byte " + std::to_string(c.pos()));
-    auto msg = c.Take(len);
+  for (const auto& msg : records) {
     if (!have_head) {
       uint64_t pages_id = 0;
       bool seen = false;

@@ -12,6 +12,7 @@
 
 #include "elsa/fd_io.h"
 #include "elsa/file_util.h"
+#include "elsa/page_server/paged_images.h"
 #include "elsa/page_server/protocol.h"
 #include "socket_io.h"
 
@@ -93,9 +94,30 @@ class PageCopier {
 struct OpenImage {
   ImageTarget target;
   uint32_t pages_id = 0;
-  UniqueFd pages;
+  UniqueFd pages;                // without a store
+  std::vector<PageHash> refs;    // with a store
   std::vector<PagemapEntry> entries;
 };
+
+// Reads `nr_pages` pages off the socket into the store, a batch at a time; their hashes are
+// appended to `refs`. Returns how many were new to the store.
+Result<uint64_t> ReceiveIntoStore(int sock, PageStore& store, uint64_t nr_pages, std::vector<PageHash>& refs,
+                                  std::chrono::milliseconds idle_timeout) {
+  constexpr uint64_t kBatchPages = 256;
+  std::vector<uint8_t> buffer(kBatchPages * kPageSize);
+  uint64_t fresh = 0;
+  while (nr_pages > 0) {
+    const uint64_t n = std::min(nr_pages, kBatchPages);
+    ELSA_RETURN_IF_ERROR(RecvAll(sock, buffer.data(), n * kPageSize, Clock::now() + idle_timeout)
+                             .WithContext("receiving page data"));
+    const size_t at = refs.size();
+    refs.resize(at + n);
+    ELSA_ASSIGN_OR_RETURN(size_t added, store.PutBatch(buffer.data(), n, refs.data() + at));
+    fresh += added;
+    nr_pages -= n;
+  }
+  return fresh;
+}
 
 Result<UniqueFd> CreateAt(int dir, const std::string& name) {
   UniqueFd fd(::openat(dir, name.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
@@ -104,7 +126,15 @@ Result<UniqueFd> CreateAt(int dir, const std::string& name) {
 }
 
 Status FinishImage(int dir, OpenImage& image) {
-  if (::fsync(image.pages.get()) != 0) return Status::FromErrno("fsync " + PagesFileName(image.pages_id), errno);
+  if (image.pages) {
+    if (::fsync(image.pages.get()) != 0) return Status::FromErrno("fsync " + PagesFileName(image.pages_id), errno);
+  } else {
+    const std::vector<uint8_t> refs = EncodeRefs(image.refs);
+    const std::string refs_name = RefsFileName(image.pages_id);
+    ELSA_ASSIGN_OR_RETURN(UniqueFd fd, CreateAt(dir, refs_name));
+    ELSA_RETURN_IF_ERROR(WriteFully(fd.get(), Bytes(refs.data(), refs.size()), "write " + refs_name));
+    if (::fsync(fd.get()) != 0) return Status::FromErrno("fsync " + refs_name, errno);
+  }
   const std::vector<uint8_t> pagemap = EncodePagemapImage(image.pages_id, image.entries);
   const std::string name = PagemapFileName(image.target);
   ELSA_ASSIGN_OR_RETURN(UniqueFd fd, CreateAt(dir, name));
@@ -115,15 +145,19 @@ Status FinishImage(int dir, OpenImage& image) {
 
 }  // namespace
 
-PageReceiver::PageReceiver(UniqueFd listen_fd, uint16_t port, UniqueFd images_dir)
-    : listen_fd_(std::move(listen_fd)), port_(port), dir_(std::move(images_dir)), next_pages_id_(kFirstPagesId) {}
+PageReceiver::PageReceiver(UniqueFd listen_fd, uint16_t port, UniqueFd images_dir, PageStore* store)
+    : listen_fd_(std::move(listen_fd)),
+      port_(port),
+      dir_(std::move(images_dir)),
+      next_pages_id_(kFirstPagesId),
+      store_(store) {}
 
 Result<std::unique_ptr<PageReceiver>> PageReceiver::Listen(const std::string& address, uint16_t port,
-                                                           const std::string& images_dir) {
+                                                           const std::string& images_dir, PageStore* store) {
   ELSA_ASSIGN_OR_RETURN(UniqueFd dir, OpenDirectory(images_dir));
   uint16_t bound = 0;
   ELSA_ASSIGN_OR_RETURN(UniqueFd fd, ListenOn(address, port, &bound));
-  return std::make_unique<PageReceiver>(std::move(fd), bound, std::move(dir));
+  return std::make_unique<PageReceiver>(std::move(fd), bound, std::move(dir), store);
 }
 
 Result<ReceiverStats> PageReceiver::ServeOne(std::chrono::milliseconds accept_timeout,
@@ -140,7 +174,9 @@ Result<ReceiverStats> PageReceiver::ServeOne(std::chrono::milliseconds accept_ti
     current.emplace();
     current->target = target;
     current->pages_id = next_pages_id_++;
-    ELSA_ASSIGN_OR_RETURN(current->pages, CreateAt(dir_.get(), PagesFileName(current->pages_id)));
+    if (!store_) {
+      ELSA_ASSIGN_OR_RETURN(current->pages, CreateAt(dir_.get(), PagesFileName(current->pages_id)));
+    }
     stats.pagemaps++;
     return Status::Ok();
   };
@@ -191,7 +227,12 @@ Result<ReceiverStats> PageReceiver::ServeOne(std::chrono::milliseconds accept_ti
         ELSA_ASSIGN_OR_RETURN(ImageTarget target, DecodeDstId(req.dst_id));
         if (!current || !(current->target == target)) ELSA_RETURN_IF_ERROR(open(target));  // old CRIUs: no OPEN
         current->entries.push_back({req.vaddr, req.nr_pages, flags});
-        if (flags & kPePresent) {
+        if ((flags & kPePresent) && store_) {
+          ELSA_ASSIGN_OR_RETURN(uint64_t fresh, ReceiveIntoStore(sock.get(), *store_, req.nr_pages, current->refs,
+                                                                 idle_timeout));
+          stats.pages_present += req.nr_pages;
+          stats.pages_new += fresh;
+        } else if (flags & kPePresent) {
           ELSA_RETURN_IF_ERROR(copier.Copy(sock.get(), current->pages.get(), req.nr_pages * kPageSize,
                                            Clock::now() + idle_timeout));
           stats.pages_present += req.nr_pages;

@@ -86,6 +86,11 @@ class [[nodiscard]] Result {
   const T* operator->() const { return &value(); }
   T& operator*() & { return value(); }
   const T& operator*() const& { return value(); }
+  // Prefixes context to the error, if there is one.
+  Result<T> WithContext(std::string_view context) && {
+    if (ok()) return std::move(*this);
+    return std::get<Status>(v_).WithContext(context);
+  }
 
  private:
   std::variant<T, Status> v_;

@@ -46,12 +46,16 @@ class PageStore {
 
   // Stores the page unless it is already there; returns its hash. Thread-safe.
   Result<PageHash> Put(const uint8_t* page);
+  // Stores `count` consecutive pages the same way, with one write for all the new ones; their
+  // hashes go to `hashes`. Returns how many were new to the store.
+  Result<size_t> PutBatch(const uint8_t* pages, size_t count, PageHash* hashes);
   // Reads a page into `out` (4096 bytes), verifying its record. NotFound or Corruption.
   Status Get(const PageHash& hash, uint8_t* out) const;
   bool Contains(const PageHash& hash) const;
   // Makes every Put so far durable.
   Status Sync();
-  // Rewrites the store keeping only pages for which `live` is true; returns bytes reclaimed.
+  // Drops every page for which `live` is false: segments holding such pages are rewritten with
+  // their live pages only, segments without any are left alone. Returns bytes reclaimed.
   Result<uint64_t> Collect(const std::function<bool(const PageHash&)>& live);
 
   PageStoreStats Stats() const;
@@ -74,13 +78,18 @@ class PageStore {
   Status StartSegment(uint32_t number);
   std::string SegmentPath(uint32_t number) const;
   Status AppendLocked(const PageHash& hash, const uint8_t* page);
-  Status ReadAt(const Location& location, const PageHash& hash, uint8_t* out) const;
+  // Appends already-built records (see AppendLocked) with one write; indexes them.
+  Status AppendRecordsLocked(const std::vector<uint8_t>& records, const std::vector<std::pair<PageHash, Location>>& added);
+  Result<int> ReadFdLocked(uint32_t segment) const;
+  // With mu_ held: reads and verifies one record (the segment's fd stays valid meanwhile).
+  Status ReadLocked(const Location& location, const PageHash& hash, uint8_t* out) const;
 
   std::string dir_;
   mutable std::mutex mu_;
   std::unordered_map<PageHash, Location, HashOf> index_;
   std::vector<uint32_t> segments_;  // numbers, ascending
   UniqueFd active_;                 // the newest segment, appended to
+  mutable std::unordered_map<uint32_t, UniqueFd> read_fds_;  // segments opened for Get
   uint64_t active_size_ = 0;
   PageStoreStats stats_;
 };

@@ -1,6 +1,7 @@
 // The receiving role: `criu dump --page-server --address A --port P` sends a tree's memory here,
 // and we write pagemap and pages images that `criu restore` accepts, into a directory of the
-// caller's choosing: a drop-in for `criu page-server`.
+// caller's choosing: a drop-in for `criu page-server`. Given a PageStore, pages go into the store
+// instead and each pages image becomes a refs file (see paged_images.h).
 #pragma once
 
 #include <chrono>
@@ -8,6 +9,7 @@
 #include <memory>
 #include <string>
 
+#include "elsa/page_server/page_store.h"
 #include "elsa/status.h"
 #include "elsa/unique_fd.h"
 
@@ -19,14 +21,16 @@ struct ReceiverStats {
   uint64_t pages_present = 0;   // pages whose bytes arrived
   uint64_t pages_lazy = 0;      // pages marked for lazy restore (bytes not sent)
   uint64_t pages_in_parent = 0;
+  uint64_t pages_new = 0;       // with a store: pages it did not hold before
   double seconds = 0;           // from accept to CLOSE
 };
 
 class PageReceiver {
  public:
-  // Listens on address:port (port 0: any; see port()) and writes into `images_dir`.
+  // Listens on address:port (port 0: any; see port()) and writes into `images_dir`; page bytes
+  // go into `store` when one is given (it must outlive the receiver).
   static Result<std::unique_ptr<PageReceiver>> Listen(const std::string& address, uint16_t port,
-                                                      const std::string& images_dir);
+                                                      const std::string& images_dir, PageStore* store = nullptr);
   uint16_t port() const { return port_; }
 
   // Serves one connection to its CLOSE, as `criu page-server` does. A connection that breaks
@@ -34,13 +38,14 @@ class PageReceiver {
   Result<ReceiverStats> ServeOne(std::chrono::milliseconds accept_timeout,
                                  std::chrono::milliseconds idle_timeout = std::chrono::minutes(5));
 
-  PageReceiver(UniqueFd listen_fd, uint16_t port, UniqueFd images_dir);
+  PageReceiver(UniqueFd listen_fd, uint16_t port, UniqueFd images_dir, PageStore* store);
 
  private:
   UniqueFd listen_fd_;
   uint16_t port_;
   UniqueFd dir_;
   uint32_t next_pages_id_;
+  PageStore* store_;
 };
 
 }  // namespace elsa::page_server
