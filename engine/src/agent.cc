@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <ctime>
 
+#include "checkpoint_pages.h"
 #include "elsa/engine/session_process.h"
 #include "elsa/file_util.h"
 
@@ -50,6 +51,9 @@ Agent::Agent(AgentConfig config)
     : config_(std::move(config)), store_(config_.state_dir + "/checkpoints") {}
 
 Agent::~Agent() {
+  // Lazily restored sessions get all their pages before the agent goes: cutting them off would
+  // leave holes in their memory.
+  for (auto& t : paging_threads_) t.join();
   // Supervisors are stopped outside the lock: their exit callbacks take it.
   std::map<std::string, std::unique_ptr<Session>> sessions;
   {
@@ -63,7 +67,9 @@ Status Agent::Open() {
   ELSA_RETURN_IF_ERROR(MakeDirs(config_.state_dir, 0700));
   ELSA_RETURN_IF_ERROR(MakeDirs(config_.state_dir + "/sessions", 0700));
   ELSA_RETURN_IF_ERROR(MakeDirs(config_.state_dir + "/run", 0700));
-  return store_.Open();
+  ELSA_RETURN_IF_ERROR(store_.Open());
+  ELSA_ASSIGN_OR_RETURN(pages_, CheckpointPages::Open(config_.state_dir + "/pages"));
+  return Status::Ok();
 }
 
 Result<std::string> Agent::CriuBinary() const { return CriuDriver::Locate(config_.criu); }
@@ -248,11 +254,20 @@ Result<CheckpointReport> Agent::Checkpoint(const std::string& name, bool leave_r
     manifest.output_pipes = OutputPipeKeys(info.pid);
     manifest.leave_running = leave_running;
 
-    Report(progress, "dump", "freezing and dumping pid " + std::to_string(info.pid) + " with CRIU " + criu_version);
-    CriuDumpRequest dump{info.pid, dir_fd.get(), dir_fd.get(), leave_running};
-    ELSA_ASSIGN_OR_RETURN(CriuOutcome outcome, criu.Dump(dump, [&](const std::string& event) {
-                            Report(progress, "criu", event);
-                          }));
+    Report(progress, "dump", "freezing and dumping pid " + std::to_string(info.pid) + " with CRIU " + criu_version +
+                                 ", pages into the page store");
+    ELSA_ASSIGN_OR_RETURN(std::unique_ptr<PageIntake> intake, pages_->StartIntake(pending.dir()));
+    CriuDumpRequest dump{info.pid, dir_fd.get(), dir_fd.get(), leave_running, intake->address(), intake->port()};
+    Result<CriuOutcome> dumped = criu.Dump(dump, [&](const std::string& event) { Report(progress, "criu", event); });
+    Result<page_server::ReceiverStats> received = intake->Finish(dumped.ok());
+    if (!dumped.ok()) return dumped.status();
+    if (!received.ok()) return received.status().WithContext("taking in the dump's pages");
+    const CriuOutcome& outcome = *dumped;
+    manifest.pages_in_store = true;
+    manifest.pages = received->pages_present;
+    manifest.pages_new = received->pages_new;
+    Report(progress, "pages", std::to_string(received->pages_present) + " pages, " +
+                                  std::to_string(received->pages_new) + " new to the store");
     CheckpointReport out;
     out.dump_seconds = outcome.seconds;
     out.criu_events = outcome.notifications;
@@ -273,6 +288,11 @@ Result<CheckpointReport> Agent::Checkpoint(const std::string& name, bool leave_r
 
     Report(progress, "commit", "checksumming and syncing the images");
     const auto commit_start = Clock::now();
+    if (Status synced = pages_->Sync(); !synced.ok()) {
+      if (leave_running) return synced;
+      // The session is gone and these images are all that is left of it: keep them regardless.
+      std::fprintf(stderr, "elsad: checkpoint of %s: %s\n", name.c_str(), synced.ToString().c_str());
+    }
     ELSA_ASSIGN_OR_RETURN(out.manifest, pending.Commit(std::move(manifest), /*keep_on_failure=*/!leave_running));
     out.commit_seconds = SecondsSince(commit_start);
     out.total_seconds = SecondsSince(start);
@@ -288,12 +308,15 @@ Result<CheckpointReport> Agent::Checkpoint(const std::string& name, bool leave_r
   return report;
 }
 
-Result<RestoreReport> Agent::Restore(const std::string& checkpoint_id, const std::string& new_name,
+Result<RestoreReport> Agent::Restore(const std::string& checkpoint_id, const RestoreOptions& options,
                                      const ProgressFn& progress) {
   const auto start = Clock::now();
   ELSA_ASSIGN_OR_RETURN(Manifest manifest, store_.Load(checkpoint_id));
-  const std::string name = new_name.empty() ? manifest.session_name : new_name;
+  const std::string name = options.name.empty() ? manifest.session_name : options.name;
   ELSA_RETURN_IF_ERROR(ValidateIdentifier("session name", name));
+  if (options.lazy && !manifest.pages_in_store)
+    return Status::InvalidArgument("checkpoint " + checkpoint_id +
+                                   " predates the page store (its pages are files); restore it without --lazy");
   {
     std::lock_guard lock(mu_);
     Session* s = FindLocked(name);
@@ -310,30 +333,56 @@ Result<RestoreReport> Agent::Restore(const std::string& checkpoint_id, const std
   auto report = [&]() -> Result<RestoreReport> {
     RestoreReport out;
     out.checkpoint_id = checkpoint_id;
+    out.lazy = options.lazy;
+    const std::string checkpoint_dir = store_.PathOf(checkpoint_id);
     Report(progress, "verify", "checking " + std::to_string(manifest.files.size()) + " files (" +
                                    std::to_string(manifest.TotalBytes()) + " bytes) against the manifest");
     const auto verify_start = Clock::now();
     ELSA_RETURN_IF_ERROR(store_.Verify(manifest));
+    // An eager restore reads and checks every page as it writes the images; a lazy one checks
+    // each page as it serves it, so here only that every page is there.
+    if (manifest.pages_in_store && options.lazy) ELSA_RETURN_IF_ERROR(pages_->VerifyPages(checkpoint_dir, false));
     out.verify_seconds = SecondsSince(verify_start);
 
     ELSA_ASSIGN_OR_RETURN(std::string criu_binary, CriuBinary());
     CriuDriver criu(criu_binary);
-    ELSA_ASSIGN_OR_RETURN(UniqueFd images_fd, OpenDirectory(store_.PathOf(checkpoint_id)));
-    // CRIU writes its restore log into a scratch directory, keeping the checkpoint pristine.
-    const std::string work_dir = config_.state_dir + "/run/restore-" + checkpoint_id;
-    ELSA_RETURN_IF_ERROR(RemoveTree(work_dir));
-    ELSA_RETURN_IF_ERROR(MakeDirs(work_dir, 0700));
+    // CRIU reads the images from, and writes its log into, a scratch directory: the checkpoint
+    // stays pristine. Store-backed checkpoints have their pages images built there.
+    const std::string staging = config_.state_dir + "/run/restore-" + name;
+    ELSA_RETURN_IF_ERROR(RemoveTree(staging));
+    ELSA_RETURN_IF_ERROR(MakeDirs(staging, 0700));
     struct RemoveOnExit {
       std::string path;
-      ~RemoveOnExit() { (void)RemoveTree(path); }
-    } cleanup{work_dir};
-    ELSA_ASSIGN_OR_RETURN(UniqueFd work_fd, OpenDirectory(work_dir));
+      ~RemoveOnExit() {
+        if (!path.empty()) (void)RemoveTree(path);
+      }
+    } cleanup{staging};
+    std::string images_dir = checkpoint_dir;
+    if (manifest.pages_in_store) {
+      Report(progress, "pages", options.lazy ? "writing the pages CRIU needs first; the rest will be served lazily"
+                                             : "writing " + std::to_string(manifest.pages) + " pages from the store");
+      const auto materialize_start = Clock::now();
+      ELSA_ASSIGN_OR_RETURN(page_server::MaterializeStats made,
+                            pages_->Materialize(checkpoint_dir, staging, options.lazy));
+      out.materialize_seconds = SecondsSince(materialize_start);
+      out.pages_materialized = made.pages_written;
+      out.pages_lazy = made.pages_lazy;
+      images_dir = staging;
+    }
+    std::unique_ptr<LazyPageSupply> supply;
+    if (options.lazy) {
+      Report(progress, "lazy", "starting criu lazy-pages and our lazy page server for " +
+                                   std::to_string(out.pages_lazy) + " pages");
+      ELSA_ASSIGN_OR_RETURN(supply, pages_->StartLazySupply(criu, checkpoint_dir, staging));
+    }
+    ELSA_ASSIGN_OR_RETURN(UniqueFd images_fd, OpenDirectory(images_dir));
+    ELSA_ASSIGN_OR_RETURN(UniqueFd work_fd, OpenDirectory(staging));
 
     ELSA_ASSIGN_OR_RETURN(OutputPipe pipe, OutputPipe::Create());
-    CriuRestoreRequest request{images_fd.get(), work_fd.get(), {}};
+    CriuRestoreRequest request{images_fd.get(), work_fd.get(), {}, options.lazy};
     for (const auto& key : manifest.output_pipes) request.inherit_fds.emplace_back(key, pipe.write_end.get());
 
-    Report(progress, "restore", "restoring with CRIU from " + store_.PathOf(checkpoint_id));
+    Report(progress, "restore", "restoring with CRIU from " + checkpoint_dir + (options.lazy ? " (lazily)" : ""));
     ELSA_ASSIGN_OR_RETURN(CriuOutcome outcome, criu.Restore(request, [&](const std::string& event) {
                             Report(progress, "criu", event);
                           }));
@@ -349,8 +398,13 @@ Result<RestoreReport> Agent::Restore(const std::string& checkpoint_id, const std
     info.started_at = manifest.session_started_at;
     info.restored_from = checkpoint_id;
     info.last_checkpoint = checkpoint_id;
+    info.paging_in = options.lazy;
     std::lock_guard lock(mu_);
     ELSA_ASSIGN_OR_RETURN(out.session, AdoptLocked(std::move(info), std::move(pipe.read_end), &replaced));
+    if (supply) {
+      FinishPagingIn(sessions_.at(name)->serial, std::move(supply), staging);
+      cleanup.path.clear();  // the staging directory is the lazy daemon's until it is done
+    }
     out.total_seconds = SecondsSince(start);
     return out;
   }();
@@ -360,21 +414,55 @@ Result<RestoreReport> Agent::Restore(const std::string& checkpoint_id, const std
   return report;
 }
 
+void Agent::FinishPagingIn(uint64_t serial, std::unique_ptr<LazyPageSupply> supply, std::string staging) {
+  paging_threads_.emplace_back([this, serial, supply = std::move(supply), staging = std::move(staging)] {
+    const auto start = Clock::now();
+    Result<page_server::LazyServeStats> served = supply->Wait();
+    (void)RemoveTree(staging);
+    std::lock_guard lock(mu_);
+    for (auto& [n, s] : sessions_) {
+      if (s->serial != serial) continue;
+      s->info.paging_in = false;
+      s->info.lazy_seconds = SecondsSince(start);
+      if (served.ok()) {
+        s->info.lazy_pages_served = served->pages_served;
+      } else {
+        s->info.lazy_error = served.status().ToString();
+        std::fprintf(stderr, "elsad: session %s: lazy restore: %s\n", n.c_str(), s->info.lazy_error.c_str());
+      }
+    }
+  });
+}
+
 Result<std::vector<Manifest>> Agent::Checkpoints() const { return store_.List(); }
 
-Status Agent::RemoveCheckpoint(const std::string& checkpoint_id) {
+Result<CollectReport> Agent::RemoveCheckpoint(const std::string& checkpoint_id) {
   auto manifest = store_.Load(checkpoint_id);  // a damaged checkpoint can still be removed
   ELSA_RETURN_IF_ERROR(store_.Remove(checkpoint_id));
   // Never restored here, CRIU's lock on the dead connections would outlive the checkpoint.
   if (manifest.ok() && !manifest->network_lock_table.empty())
     (void)DropCriuNetworkLock(manifest->network_lock_table);
-  return Status::Ok();
+  return CollectGarbage().WithContext("removed " + checkpoint_id + ", but reclaiming its pages failed");
 }
 
 Result<Manifest> Agent::VerifyCheckpoint(const std::string& checkpoint_id) const {
   ELSA_ASSIGN_OR_RETURN(Manifest manifest, store_.Load(checkpoint_id));
   ELSA_RETURN_IF_ERROR(store_.Verify(manifest));
+  if (manifest.pages_in_store) ELSA_RETURN_IF_ERROR(pages_->VerifyPages(store_.PathOf(checkpoint_id), true));
   return manifest;
+}
+
+Result<CollectReport> Agent::CollectGarbage() {
+  ELSA_ASSIGN_OR_RETURN(std::vector<Manifest> all, store_.List());
+  std::vector<std::string> dirs;
+  for (const Manifest& m : all)
+    if (m.pages_in_store) dirs.push_back(store_.PathOf(m.id));
+  return pages_->Collect(dirs);
+}
+
+Agent::PageStoreReport Agent::PageStoreStats() const {
+  const auto stats = pages_->Stats();
+  return {stats.unique_pages, stats.stored_bytes};
 }
 
 }  // namespace elsa

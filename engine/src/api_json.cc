@@ -22,6 +22,9 @@ json ToJson(const SessionInfo& s) {
             {"uptime_seconds", s.uptime_seconds}, {"processes", s.processes},
             {"rss_bytes", s.rss_bytes}, {"log", s.log_path},
             {"restored_from", s.restored_from}, {"last_checkpoint", s.last_checkpoint}};
+  if (!s.restored_from.empty())
+    j["lazy"] = {{"paging_in", s.paging_in}, {"pages_served", s.lazy_pages_served},
+                 {"seconds", s.lazy_seconds}, {"error", s.lazy_error}};
   if (s.state == "exited") {
     j["exit_code"] = s.exit_code;
     j["exit_signal"] = s.exit_signal;
@@ -40,6 +43,7 @@ json ToJson(const Manifest& m, bool with_files) {
             {"leave_running", m.leave_running},
             {"dump_seconds", m.dump_seconds},
             {"network_lock_table", m.network_lock_table},
+            {"pages", {{"in_store", m.pages_in_store}, {"count", m.pages}, {"new", m.pages_new}}},
             {"files", m.files.size()},
             {"size_bytes", m.TotalBytes()}};
   if (with_files) {
@@ -60,9 +64,17 @@ json ToJson(const CheckpointReport& r) {
 json ToJson(const RestoreReport& r) {
   return {{"session", ToJson(r.session)},
           {"checkpoint_id", r.checkpoint_id},
-          {"timings", {{"verify_seconds", r.verify_seconds}, {"restore_seconds", r.restore_seconds},
-                       {"total_seconds", r.total_seconds}}},
+          {"lazy", r.lazy},
+          {"pages", {{"materialized", r.pages_materialized}, {"lazy", r.pages_lazy}}},
+          {"timings", {{"verify_seconds", r.verify_seconds}, {"materialize_seconds", r.materialize_seconds},
+                       {"restore_seconds", r.restore_seconds}, {"total_seconds", r.total_seconds}}},
           {"criu_events", EventsJson(r.criu_events)}};
+}
+
+json ToJson(const CollectReport& r) {
+  return {{"checkpoints_scanned", r.checkpoints}, {"live_pages", r.live_pages},
+          {"pages_before", r.pages_before},       {"pages_after", r.pages_after},
+          {"bytes_reclaimed", r.bytes_reclaimed}, {"seconds", r.seconds}};
 }
 
 json ErrorJson(const Status& status) {

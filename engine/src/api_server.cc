@@ -49,6 +49,8 @@ json ExecuteRequest(Agent& agent, const ApiRequest& req, const EventFn& emit) {
     auto criu = agent.CriuBinary();
     j["criu"] = criu.ok() ? json(*criu) : json(nullptr);
     if (!criu.ok()) j["criu_problem"] = criu.status().message();
+    const auto pages = agent.PageStoreStats();
+    j["page_store"] = {{"unique_pages", pages.unique_pages}, {"stored_bytes", pages.stored_bytes}};
     return Ok(j);
   }
   if (o == "ps") {
@@ -80,12 +82,17 @@ json ExecuteRequest(Agent& agent, const ApiRequest& req, const EventFn& emit) {
     return report.ok() ? Ok(ToJson(*report)) : ErrorJson(report.status());
   }
   if (o == "restore") {
-    auto report = agent.Restore(req.checkpoint, req.name, progress);
+    auto report = agent.Restore(req.checkpoint, {req.name, req.lazy}, progress);
     return report.ok() ? Ok(ToJson(*report)) : ErrorJson(report.status());
   }
   if (o == "rm") {
-    Status s = agent.RemoveCheckpoint(req.checkpoint);
-    return s.ok() ? Ok({{"removed", req.checkpoint}}) : ErrorJson(s);
+    auto collected = agent.RemoveCheckpoint(req.checkpoint);
+    if (!collected.ok()) return ErrorJson(collected.status());
+    return Ok({{"removed", req.checkpoint}, {"page_store", ToJson(*collected)}});
+  }
+  if (o == "gc") {
+    auto collected = agent.CollectGarbage();
+    return collected.ok() ? Ok(ToJson(*collected)) : ErrorJson(collected.status());
   }
   if (o == "verify") {
     auto m = agent.VerifyCheckpoint(req.checkpoint);
@@ -153,7 +160,7 @@ Result<ApiRequest> ParseApiRequest(std::string_view line) {
   ApiRequest req;
   ELSA_RETURN_IF_ERROR(ReadField(j, "op", &req.op, true));
   const std::string& o = req.op;
-  if (o == "version" || o == "ps" || o == "checkpoints") return req;
+  if (o == "version" || o == "ps" || o == "checkpoints" || o == "gc") return req;
   if (o == "run") {
     ELSA_RETURN_IF_ERROR(ReadField(j, "name", &req.name, true));
     ELSA_RETURN_IF_ERROR(ReadField(j, "argv", &req.argv, true));
@@ -172,6 +179,7 @@ Result<ApiRequest> ParseApiRequest(std::string_view line) {
   if (o == "restore" || o == "rm" || o == "verify") {
     ELSA_RETURN_IF_ERROR(ReadField(j, "checkpoint", &req.checkpoint, true));
     ELSA_RETURN_IF_ERROR(ReadField(j, "name", &req.name));
+    ELSA_RETURN_IF_ERROR(ReadField(j, "lazy", &req.lazy));
     return req;
   }
   return Status::InvalidArgument("unknown op '" + o + "'");

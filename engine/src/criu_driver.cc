@@ -13,8 +13,10 @@
 #include <chrono>
 #include <cstdlib>
 #include <sstream>
+#include <thread>
 
 #include "criu_options.h"
+#include "elsa/child_process.h"
 #include "elsa/file_util.h"
 #include "elsa/unique_fd.h"
 
@@ -32,36 +34,15 @@ bool IsExecutableFile(const std::string& path) {
 // destroyed, so a failed call never leaves CRIU behind.
 class SwrkProcess {
  public:
-  static Result<SwrkProcess> Start(const std::string& binary, const std::vector<int>& pass_fds) {
+  static Result<SwrkProcess> Start(const std::string& binary, std::vector<int> pass_fds) {
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
       return Status::FromErrno("socketpair for criu swrk", errno);
     UniqueFd ours(sv[0]), theirs(sv[1]);
-    const std::string fd_arg = std::to_string(theirs.get());
-    const char* argv[] = {binary.c_str(), "swrk", fd_arg.c_str(), nullptr};
-    pid_t pid = ::fork();
-    if (pid < 0) return Status::FromErrno("fork for criu", errno);
-    if (pid == 0) {
-      // Child of a multithreaded parent: async-signal-safe calls only.
-      ::fcntl(theirs.get(), F_SETFD, 0);
-      for (int fd : pass_fds) ::fcntl(fd, F_SETFD, 0);
-      sigset_t none;
-      sigemptyset(&none);
-      ::sigprocmask(SIG_SETMASK, &none, nullptr);
-      ::signal(SIGPIPE, SIG_DFL);
-      ::execv(binary.c_str(), const_cast<char* const*>(argv));
-      ::_exit(127);
-    }
-    return SwrkProcess(pid, std::move(ours));
-  }
-
-  SwrkProcess(SwrkProcess&& o) noexcept : pid_(std::exchange(o.pid_, -1)), sock_(std::move(o.sock_)) {}
-  SwrkProcess& operator=(SwrkProcess&&) = delete;
-  ~SwrkProcess() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      Wait();
-    }
+    pass_fds.push_back(theirs.get());
+    ELSA_ASSIGN_OR_RETURN(ChildProcess child,
+                          ChildProcess::Spawn({binary, "swrk", std::to_string(theirs.get())}, pass_fds));
+    return SwrkProcess(std::move(child), std::move(ours));
   }
 
   Status Send(const criu_req& req) {
@@ -91,26 +72,13 @@ class SwrkProcess {
   }
 
   // Reaps CRIU; returns its wait status.
-  int Wait() {
-    int status = 0;
-    if (pid_ > 0) {
-      while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {}
-      pid_ = -1;
-    }
-    return status;
-  }
+  int Wait() { return child_.Wait(); }
 
  private:
-  SwrkProcess(pid_t pid, UniqueFd sock) : pid_(pid), sock_(std::move(sock)) {}
-  pid_t pid_;
+  SwrkProcess(ChildProcess child, UniqueFd sock) : child_(std::move(child)), sock_(std::move(sock)) {}
+  ChildProcess child_;
   UniqueFd sock_;
 };
-
-std::string DescribeWaitStatus(int status) {
-  if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) return std::string("killed by signal ") + strsignal(WTERMSIG(status));
-  return "ended abnormally";
-}
 
 std::string LogPath(int work_dir_fd, const char* name) {
   return "/proc/self/fd/" + std::to_string(work_dir_fd) + "/" + name;
@@ -281,6 +249,30 @@ std::string SummarizeCriuLog(const std::string& log_text, size_t max_lines) {
   std::string out;
   for (size_t i : picked) out += "  " + lines[i] + "\n";
   return out;
+}
+
+}  // namespace elsa
+
+namespace elsa {
+
+Result<ChildProcess> CriuDriver::StartLazyPages(const std::string& dir, const std::string& address,
+                                                uint16_t port) const {
+  ELSA_ASSIGN_OR_RETURN(ChildProcess daemon,
+                        ChildProcess::Spawn({binary_, "lazy-pages", "--page-server", "--address", address, "--port",
+                                             std::to_string(port), "-D", dir, "-W", dir, "-v4", "-o", kLazyPagesLog}));
+  // It is ready once its socket exists; the restore connects to it there.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (::access((dir + "/lazy-pages.socket").c_str(), F_OK) != 0) {
+    if (auto status = daemon.TryWait()) {
+      std::string msg = "criu lazy-pages " + DescribeWaitStatus(*status) + " before listening";
+      if (auto log = ReadFile(dir + "/" + kLazyPagesLog); log.ok()) msg += "\nfrom its log:\n" + SummarizeCriuLog(*log);
+      return Status::ExternalFailure(msg);
+    }
+    if (std::chrono::steady_clock::now() > deadline)
+      return Status::Timeout("criu lazy-pages did not listen in " + dir + " within 30 s");
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return daemon;
 }
 
 }  // namespace elsa

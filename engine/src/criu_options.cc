@@ -21,6 +21,11 @@ criu_req BuildDumpRequest(const CriuDumpRequest& request) {
   opts->set_work_dir_fd(request.work_dir_fd);
   opts->set_pid(request.pid);
   opts->set_leave_running(request.leave_running);
+  if (request.page_server_port != 0) {
+    criu_page_server_info* ps = opts->mutable_ps();
+    ps->set_address(request.page_server_address);
+    ps->set_port(request.page_server_port);
+  }
   opts->set_log_file(CriuDriver::kDumpLog);
   ApplySessionPolicy(opts);
   return req;
@@ -36,6 +41,7 @@ criu_req BuildRestoreRequest(const CriuRestoreRequest& request) {
   // The restored root becomes our child (CLONE_PARENT from `criu swrk`), so the agent can reap
   // and supervise it exactly like a session it started itself.
   opts->set_rst_sibling(true);
+  if (request.lazy_pages) opts->set_lazy_pages(true);
   for (const auto& [key, fd] : request.inherit_fds) {
     inherit_fd* in = opts->add_inherit_fd();
     in->set_key(key);

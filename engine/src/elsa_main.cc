@@ -107,6 +107,7 @@ int main(int argc, char** argv) {
   std::string name, workdir, checkpoint_id;
   std::vector<std::string> command;
   bool leave_running = false;
+  bool lazy = false;
   int timeout = 10;
 
   auto* run = app.add_subcommand("run", "start a command as a session: elsa run --name NAME -- CMD ARGS...");
@@ -127,14 +128,18 @@ int main(int argc, char** argv) {
   auto* restore = app.add_subcommand("restore", "restore a checkpoint as a running session");
   restore->add_option("checkpoint", checkpoint_id, "checkpoint id")->required();
   restore->add_option("--name", name, "session name (default: the checkpointed session's)");
+  restore->add_flag("--lazy", lazy,
+                    "start the session before its memory is in: pages arrive on demand and in the background "
+                    "(criu lazy-pages fed from the page store)");
   auto* list = app.add_subcommand("checkpoints", "list checkpoints");
-  auto* rm = app.add_subcommand("rm", "delete a checkpoint");
+  auto* rm = app.add_subcommand("rm", "delete a checkpoint and reclaim the pages no other checkpoint uses");
   rm->add_option("checkpoint", checkpoint_id, "checkpoint id")->required();
   auto* verify = app.add_subcommand("verify", "check a checkpoint's files against its manifest");
   verify->add_option("checkpoint", checkpoint_id, "checkpoint id")->required();
-  auto* agent = app.add_subcommand("agent", "show the agent's status (socket, state directory, CRIU)");
+  auto* gc = app.add_subcommand("gc", "reclaim page-store space no checkpoint uses");
+  auto* agent = app.add_subcommand("agent", "show the agent's status (socket, state directory, CRIU, page store)");
 
-  for (auto* sub : {run, ps, stop, logs, cp, restore, list, rm, verify, agent})
+  for (auto* sub : {run, ps, stop, logs, cp, restore, list, rm, verify, gc, agent})
     sub->add_flag("--json", json_out, "print machine-readable JSON");
   CLI11_PARSE(app, argc, argv);
 
@@ -171,30 +176,47 @@ int main(int argc, char** argv) {
     } else {
       const json& c = r["checkpoint"];
       const json& t = r["timings"];
-      std::printf("checkpoint %s\n  size %s in %zu files; dump %.3f s, commit %.3f s, total %.3f s%s\n",
+      const json& p = c["pages"];
+      std::printf("checkpoint %s\n  images %s in %zu files; pages %s in the page store, %s of them new\n"
+                  "  dump %.3f s, commit %.3f s, total %.3f s%s\n",
                   c["id"].get<std::string>().c_str(), HumanBytes(c["size_bytes"].get<double>()).c_str(),
-                  c["files"].get<size_t>(), t["dump_seconds"].get<double>(), t["commit_seconds"].get<double>(),
-                  t["total_seconds"].get<double>(), leave_running ? " (session left running)" : "");
+                  c["files"].get<size_t>(), HumanBytes(p["count"].get<double>() * 4096).c_str(),
+                  HumanBytes(p["new"].get<double>() * 4096).c_str(), t["dump_seconds"].get<double>(),
+                  t["commit_seconds"].get<double>(), t["total_seconds"].get<double>(),
+                  leave_running ? " (session left running)" : "");
     }
   } else if (*restore) {
-    json req = {{"op", "restore"}, {"checkpoint", checkpoint_id}};
+    json req = {{"op", "restore"}, {"checkpoint", checkpoint_id}, {"lazy", lazy}};
     if (!name.empty()) req["name"] = name;
     json r = cli.Call(req);
     if (cli.json_output()) {
       cli.PrintJson(r);
     } else {
       const json& t = r["timings"];
-      std::printf("session %s restored from %s, pid %d\n  verify %.3f s, restore %.3f s, total %.3f s\n",
+      std::printf("session %s restored from %s, pid %d\n  verify %.3f s, pages %.3f s, restore %.3f s, total %.3f s\n",
                   r["session"]["name"].get<std::string>().c_str(), checkpoint_id.c_str(),
                   r["session"]["pid"].get<int>(), t["verify_seconds"].get<double>(),
-                  t["restore_seconds"].get<double>(), t["total_seconds"].get<double>());
+                  t["materialize_seconds"].get<double>(), t["restore_seconds"].get<double>(),
+                  t["total_seconds"].get<double>());
+      if (lazy)
+        std::printf("  running; %s of memory still arriving in the background (elsa ps shows when it is in)\n",
+                    HumanBytes(r["pages"]["lazy"].get<double>() * 4096).c_str());
     }
   } else if (*list) {
     json l = cli.Call({{"op", "checkpoints"}});
     cli.json_output() ? cli.PrintJson(l) : PrintCheckpoints(l);
   } else if (*rm) {
     json r = cli.Call({{"op", "rm"}, {"checkpoint", checkpoint_id}});
-    cli.json_output() ? cli.PrintJson(r) : (void)std::printf("checkpoint %s removed\n", checkpoint_id.c_str());
+    cli.json_output() ? cli.PrintJson(r)
+                      : (void)std::printf("checkpoint %s removed; %s of pages reclaimed\n", checkpoint_id.c_str(),
+                                          HumanBytes(r["page_store"]["bytes_reclaimed"].get<double>()).c_str());
+  } else if (*gc) {
+    json r = cli.Call({{"op", "gc"}});
+    cli.json_output() ? cli.PrintJson(r)
+                      : (void)std::printf("page store: %s reclaimed; %llu pages kept, named by %llu checkpoints (%.3f s)\n",
+                                          HumanBytes(r["bytes_reclaimed"].get<double>()).c_str(),
+                                          r["pages_after"].get<unsigned long long>(),
+                                          r["checkpoints_scanned"].get<unsigned long long>(), r["seconds"].get<double>());
   } else if (*verify) {
     json m = cli.Call({{"op", "verify"}, {"checkpoint", checkpoint_id}});
     cli.json_output() ? cli.PrintJson(m)
@@ -205,9 +227,12 @@ int main(int argc, char** argv) {
     if (cli.json_output()) {
       cli.PrintJson(v);
     } else {
-      std::printf("agent: %s\nstate: %s\ncriu:  %s\n", socket.c_str(), v["state_dir"].get<std::string>().c_str(),
+      std::printf("agent: %s\nstate: %s\ncriu:  %s\npages: %llu unique, %s on disk\n", socket.c_str(),
+                  v["state_dir"].get<std::string>().c_str(),
                   v["criu"].is_string() ? v["criu"].get<std::string>().c_str()
-                                        : v.value("criu_problem", "missing").c_str());
+                                        : v.value("criu_problem", "missing").c_str(),
+                  v["page_store"]["unique_pages"].get<unsigned long long>(),
+                  HumanBytes(v["page_store"]["stored_bytes"].get<double>()).c_str());
     }
   }
   return 0;

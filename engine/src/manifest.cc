@@ -94,6 +94,7 @@ std::string ManifestToJson(const Manifest& m) {
       {"leave_running", m.leave_running},
       {"dump_seconds", m.dump_seconds},
       {"network_lock_table", m.network_lock_table},
+      {"pages", {{"in_store", m.pages_in_store}, {"count", m.pages}, {"new", m.pages_new}}},
       {"total_bytes", m.TotalBytes()},
       {"files", files},
   };
@@ -126,6 +127,14 @@ Result<Manifest> ManifestFromJson(std::string_view text) {
   if (!ok) return Status::Corruption("manifest session: " + rs.error());
   if (Status s = ValidateIdentifier("session name", m.session_name); !s.ok())
     return Status::Corruption("manifest: " + s.message());
+
+  // Checkpoints from before the page store have no "pages": their pages images are files here.
+  if (auto pages = j.find("pages"); pages != j.end()) {
+    if (!pages->is_object()) return Status::Corruption("manifest: 'pages' is not an object");
+    Reader rp(*pages);
+    if (!(rp.Get("in_store", &m.pages_in_store) && rp.Get("count", &m.pages) && rp.Get("new", &m.pages_new)))
+      return Status::Corruption("manifest pages: " + rp.error());
+  }
 
   auto files = j.find("files");
   if (files == j.end() || !files->is_array()) return Status::Corruption("manifest: missing array 'files'");

@@ -21,6 +21,14 @@ def nft_tables():
     return {line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("table ")}
 
 
+def flip_byte(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x20]))
+
+
 def set_state(server):
     kernel = server.start_kernel()
     conn = server.connect(kernel, session_id="e2e-session")
@@ -52,7 +60,9 @@ def test_checkpoint_then_restore_keeps_kernel_state(agent, workdir):
 
     report = agent.json("checkpoint", "nb")
     checkpoint = report["checkpoint"]
-    assert checkpoint["size_bytes"] > ARRAY_MIB * 1024 * 1024
+    assert checkpoint["pages"]["in_store"]
+    assert checkpoint["pages"]["count"] * 4096 > ARRAY_MIB * 1024 * 1024
+    assert checkpoint["size_bytes"] < ARRAY_MIB * 1024 * 1024 / 4, "pages live in the page store"
     assert not [p for p in pids if alive(p)], "the checkpointed tree must be gone"
     assert agent.sessions()["nb"]["state"] == "checkpointed"
     assert [c["id"] for c in agent.json("checkpoints")] == [checkpoint["id"]]
@@ -112,19 +122,25 @@ def test_bad_input_gets_clear_errors_and_leaves_nothing_behind(agent, workdir):
     fails("run", "--name", "../evil", "--", "true", expect="invalid session name")
     fails("run", "--name", "ghost", "--", "no-such-command-xyz", expect="not found")
 
-    # A checkpoint with one flipped byte in a pages image is refused, naming the file.
+    # A checkpoint with one flipped byte in a refs file is refused, naming the file.
     agent.run_session("victim", "sh", "-c", "while :; do sleep 0.2; done")
     checkpoint = agent.json("checkpoint", "victim")["checkpoint"]
-    pages = max(glob.glob(os.path.join(agent.checkpoint_dir(checkpoint["id"]), "pages-*.img")),
-                key=os.path.getsize)
-    with open(pages, "r+b") as f:
-        f.seek(os.path.getsize(pages) // 2)
-        byte = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([byte[0] ^ 0x20]))
-    err = fails("restore", checkpoint["id"], expect=os.path.basename(pages))
+    refs = max(glob.glob(os.path.join(agent.checkpoint_dir(checkpoint["id"]), "pages-*.refs")),
+               key=os.path.getsize)
+    flip_byte(refs, os.path.getsize(refs) // 2)
+    err = fails("restore", checkpoint["id"], expect=os.path.basename(refs))
     assert "damaged" in err
-    fails("verify", checkpoint["id"], expect=os.path.basename(pages))
+    fails("verify", checkpoint["id"], expect=os.path.basename(refs))
+    fails("restore", checkpoint["id"], "--lazy", expect=os.path.basename(refs))
+    flip_byte(refs, os.path.getsize(refs) // 2)  # repaired
+
+    # A flipped byte in the page store itself: the page is never served, and the error says where.
+    segment = max(glob.glob(os.path.join(agent.state_dir, "pages", "seg-*.pack")), key=os.path.getsize)
+    flip_byte(segment, 100)  # inside the first record's bytes
+    err = fails("verify", checkpoint["id"], expect="is damaged in")
+    assert os.path.basename(segment) in err
+    err = fails("restore", checkpoint["id"], expect="is damaged in")
+    flip_byte(segment, 100)
     assert agent.sessions()["victim"]["state"] == "checkpointed", "nothing was restored"
     store = os.path.join(agent.state_dir, "checkpoints")
     assert sorted(os.listdir(store)) == [checkpoint["id"]], "no half-written directories"
@@ -134,6 +150,7 @@ def test_bad_input_gets_clear_errors_and_leaves_nothing_behind(agent, workdir):
     agent.cli("rm", checkpoint["id"])
     assert os.listdir(store) == []
     assert lock_table not in nft_tables(), "removing an unrestored checkpoint drops its lock"
+    assert agent.json("agent")["page_store"]["unique_pages"] == 0, "rm reclaims the pages only it named"
 
 
 def test_missing_criu_names_the_bootstrap(agent_factory):

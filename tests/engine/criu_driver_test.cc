@@ -15,6 +15,14 @@
 namespace elsa {
 namespace {
 
+CriuDumpRequest DumpOf(pid_t pid, int dir_fd) {
+  CriuDumpRequest r;
+  r.pid = pid;
+  r.images_dir_fd = dir_fd;
+  r.work_dir_fd = dir_fd;
+  return r;
+}
+
 using testing::TempDir;
 
 class ScopedEnv {
@@ -99,7 +107,7 @@ TEST_F(CriuDriverReal, DumpsAndRestoresAProcessTree) {
   auto images = OpenDirectory(dir.path());
   ASSERT_TRUE(images.ok());
   std::vector<std::string> events;
-  auto dumped = criu.Dump({*pid, images->get(), images->get(), false},
+  auto dumped = criu.Dump(DumpOf(*pid, images->get()),
                           [&](const std::string& e) { events.push_back(e); });
   ASSERT_TRUE(dumped.ok()) << dumped.status().message();
   int status = 0;
@@ -122,7 +130,7 @@ TEST_F(CriuDriverReal, AFailedDumpSaysWhyFromTheLog) {
   auto images = OpenDirectory(dir.path());
   ASSERT_TRUE(images.ok());
   // No such process: CRIU fails, and the error carries its log's lines.
-  auto dumped = CriuDriver(binary_).Dump({999999, images->get(), images->get(), false});
+  auto dumped = CriuDriver(binary_).Dump(DumpOf(999999, images->get()));
   ASSERT_FALSE(dumped.ok());
   EXPECT_EQ(dumped.status().code(), StatusCode::kExternalFailure);
   EXPECT_NE(dumped.status().message().find("criu dump failed"), std::string::npos);

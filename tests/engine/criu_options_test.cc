@@ -15,7 +15,12 @@ void ExpectSessionPolicy(const criu_opts& o) {
 }
 
 TEST(CriuOptions, DumpCarriesTheRequestAndThePolicy) {
-  criu_req req = BuildDumpRequest({/*pid=*/4321, /*images=*/7, /*work=*/8, /*leave_running=*/true});
+  CriuDumpRequest r;
+  r.pid = 4321;
+  r.images_dir_fd = 7;
+  r.work_dir_fd = 8;
+  r.leave_running = true;
+  criu_req req = BuildDumpRequest(r);
   EXPECT_EQ(req.type(), DUMP);
   const criu_opts& o = req.opts();
   EXPECT_EQ(o.pid(), 4321);
@@ -23,11 +28,25 @@ TEST(CriuOptions, DumpCarriesTheRequestAndThePolicy) {
   EXPECT_EQ(o.work_dir_fd(), 8);
   EXPECT_TRUE(o.leave_running());
   EXPECT_EQ(o.log_file(), CriuDriver::kDumpLog);
+  EXPECT_FALSE(o.has_ps()) << "no page server unless asked";
   ExpectSessionPolicy(o);
 }
 
+TEST(CriuOptions, DumpSendsPagesToThePageServerItIsGiven) {
+  CriuDumpRequest r;
+  r.pid = 1;
+  r.page_server_address = "127.0.0.1";
+  r.page_server_port = 4711;
+  criu_req req = BuildDumpRequest(r);
+  ASSERT_TRUE(req.opts().has_ps());
+  EXPECT_EQ(req.opts().ps().address(), "127.0.0.1");
+  EXPECT_EQ(req.opts().ps().port(), 4711);
+}
+
 TEST(CriuOptions, DumpWithoutLeaveRunningEndsTheTree) {
-  criu_req req = BuildDumpRequest({1, 3, 3, false});
+  CriuDumpRequest r;
+  r.pid = 1;
+  criu_req req = BuildDumpRequest(r);
   EXPECT_FALSE(req.opts().leave_running());
 }
 
@@ -42,7 +61,13 @@ TEST(CriuOptions, RestoreIsASiblingAndInheritsTheOutputPipe) {
   ASSERT_EQ(o.inherit_fd_size(), 2);
   EXPECT_EQ(o.inherit_fd(0).key(), "pipe:[99]");
   EXPECT_EQ(o.inherit_fd(0).fd(), 11);
+  EXPECT_FALSE(o.lazy_pages());
   ExpectSessionPolicy(o);
+}
+
+TEST(CriuOptions, ALazyRestoreLeavesLazyPagesToTheDaemon) {
+  CriuRestoreRequest r{5, 6, {}, /*lazy_pages=*/true};
+  EXPECT_TRUE(BuildRestoreRequest(r).opts().lazy_pages());
 }
 
 }  // namespace

@@ -20,6 +20,7 @@ class ChildProcess {
   static Result<ChildProcess> Spawn(const std::vector<std::string>& argv, const std::vector<int>& keep_fds = {},
                                     const std::string& log_path = "");
 
+  ChildProcess() = default;  // no process
   ChildProcess(ChildProcess&& other) noexcept;
   ChildProcess& operator=(ChildProcess&& other) noexcept;
   ChildProcess(const ChildProcess&) = delete;

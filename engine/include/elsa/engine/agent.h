@@ -12,6 +12,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "elsa/engine/checkpoint_store.h"
@@ -23,6 +24,8 @@
 namespace elsa {
 
 class SessionSupervisor;
+class CheckpointPages;
+class LazyPageSupply;
 
 struct AgentConfig {
   std::string state_dir = "/var/lib/elsa";
@@ -51,6 +54,11 @@ struct SessionInfo {
   std::string last_checkpoint;  // newest checkpoint id taken of it
   int exit_code = 0;            // when exited
   int exit_signal = 0;
+  // After a lazy restore: pages still arriving in the background, then how that went.
+  bool paging_in = false;
+  uint64_t lazy_pages_served = 0;
+  double lazy_seconds = 0;      // from restore to the last page delivered
+  std::string lazy_error;
 };
 
 struct CheckpointReport {
@@ -61,10 +69,19 @@ struct CheckpointReport {
   std::vector<std::pair<std::string, double>> criu_events;
 };
 
+struct RestoreOptions {
+  std::string name;   // the restored session's name; empty: the checkpointed session's
+  bool lazy = false;  // start before the memory is in: `criu lazy-pages` fed by our lazy server
+};
+
 struct RestoreReport {
   SessionInfo session;
   std::string checkpoint_id;
+  bool lazy = false;
+  uint64_t pages_materialized = 0;  // written into pages images before CRIU ran
+  uint64_t pages_lazy = 0;          // left to arrive after the session runs
   double verify_seconds = 0;
+  double materialize_seconds = 0;
   double restore_seconds = 0;
   double total_seconds = 0;
   std::vector<std::pair<std::string, double>> criu_events;
@@ -93,11 +110,19 @@ class Agent {
   Status Stop(const std::string& name, int timeout_s);
 
   Result<CheckpointReport> Checkpoint(const std::string& name, bool leave_running, const ProgressFn& progress);
-  Result<RestoreReport> Restore(const std::string& checkpoint_id, const std::string& new_name,
+  Result<RestoreReport> Restore(const std::string& checkpoint_id, const RestoreOptions& options,
                                 const ProgressFn& progress);
   Result<std::vector<Manifest>> Checkpoints() const;
-  Status RemoveCheckpoint(const std::string& checkpoint_id);
+  // Removes the checkpoint, then reclaims the pages no other checkpoint names.
+  Result<CollectReport> RemoveCheckpoint(const std::string& checkpoint_id);
   Result<Manifest> VerifyCheckpoint(const std::string& checkpoint_id) const;
+  // Reclaims page-store space no checkpoint names (what `rm` does after removing).
+  Result<CollectReport> CollectGarbage();
+  struct PageStoreReport {
+    uint64_t unique_pages = 0;
+    uint64_t stored_bytes = 0;
+  };
+  PageStoreReport PageStoreStats() const;
 
   const AgentConfig& config() const { return config_; }
 
@@ -116,14 +141,20 @@ class Agent {
   bool WaitForExit(std::unique_lock<std::mutex>& lock, uint64_t serial, int timeout_s);
   Session* FindLocked(const std::string& name);
 
+  // A lazily restored session's pages keep arriving after Restore returns; this waits for
+  // them in the background and records the outcome on the session.
+  void FinishPagingIn(uint64_t serial, std::unique_ptr<LazyPageSupply> supply, std::string staging);
+
   AgentConfig config_;
   CheckpointStore store_;
+  std::unique_ptr<CheckpointPages> pages_;
 
   mutable std::mutex mu_;
   std::condition_variable exited_cv_;
   std::map<std::string, std::unique_ptr<Session>> sessions_;
   std::set<std::string> reserved_names_;  // names being restored into
   uint64_t next_serial_ = 1;
+  std::vector<std::thread> paging_threads_;  // joined on destruction: pages are never cut off
 };
 
 }  // namespace elsa

@@ -4,7 +4,7 @@
 // The agent answers with zero or more event lines {"event":"progress","phase":..,"detail":..}
 // and then exactly one final line: {"ok":true,"result":{...}} or
 // {"ok":false,"error":{"code":"not_found","message":"..."}}; then it closes the connection.
-// Ops: version, run, ps, session, stop, checkpoint, restore, checkpoints, rm, verify.
+// Ops: version, run, ps, session, stop, checkpoint, restore, checkpoints, rm, verify, gc.
 #pragma once
 
 #include <atomic>
@@ -27,6 +27,7 @@ nlohmann::json ToJson(const SessionInfo& info);
 nlohmann::json ToJson(const Manifest& manifest, bool with_files);
 nlohmann::json ToJson(const CheckpointReport& report);
 nlohmann::json ToJson(const RestoreReport& report);
+nlohmann::json ToJson(const CollectReport& report);
 nlohmann::json ErrorJson(const Status& status);
 // Maps an error object back into a Status (client side).
 Status StatusFromErrorJson(const nlohmann::json& error);
@@ -41,6 +42,7 @@ struct ApiRequest {
   std::vector<std::string> argv, env;
   std::string workdir = "/";
   bool leave_running = false;
+  bool lazy = false;  // restore
   int timeout_seconds = 10;
 };
 // Untrusted bytes in, a request or an InvalidArgument out. Never throws.

@@ -5,11 +5,13 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "elsa/child_process.h"
 #include "elsa/status.h"
 
 namespace elsa {
@@ -24,6 +26,9 @@ struct CriuDumpRequest {
   int images_dir_fd = -1;
   int work_dir_fd = -1;         // where CRIU writes its log
   bool leave_running = false;
+  // When set, memory goes to the page server at this address and port instead of pages images.
+  std::string page_server_address;
+  uint16_t page_server_port = 0;
 };
 
 struct CriuRestoreRequest {
@@ -31,6 +36,8 @@ struct CriuRestoreRequest {
   int work_dir_fd = -1;
   // CRIU resources (e.g. "pipe:[123]") replaced by our descriptors on restore.
   std::vector<std::pair<std::string, int>> inherit_fds;
+  // Leaves PE_LAZY pages to the `criu lazy-pages` daemon listening in the work directory.
+  bool lazy_pages = false;
 };
 
 struct CriuOutcome {
@@ -47,6 +54,7 @@ class CriuDriver {
  public:
   static constexpr const char* kDumpLog = "criu-dump.log";
   static constexpr const char* kRestoreLog = "criu-restore.log";
+  static constexpr const char* kLazyPagesLog = "criu-lazy-pages.log";
 
   // Finds a CRIU binary: the explicit one, else PREFIX/sbin/criu, else `criu` on $PATH. The
   // error names every place looked at and the bootstrap that provides CRIU.
@@ -59,6 +67,9 @@ class CriuDriver {
   Result<CriuOutcome> Dump(const CriuDumpRequest& request, const CriuNotifyFn& notify = {}) const;
   Result<CriuOutcome> Restore(const CriuRestoreRequest& request,
                               const CriuNotifyFn& notify = {}) const;
+  // Starts `criu lazy-pages` on `dir` (its images and work directory), fetching pages from the
+  // page server at address:port; returns once it listens for a lazy restore in `dir`.
+  Result<ChildProcess> StartLazyPages(const std::string& dir, const std::string& address, uint16_t port) const;
 
  private:
   std::string binary_;

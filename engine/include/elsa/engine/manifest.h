@@ -39,6 +39,11 @@ struct Manifest {
   // The nftables table CRIU left locking the dumped tree's TCP connections ("" if none).
   std::string network_lock_table;
 
+  // Pages in the agent's page store (refs files here name them) rather than in pages images.
+  bool pages_in_store = false;
+  uint64_t pages = 0;      // pages dumped
+  uint64_t pages_new = 0;  // of those, pages the store did not already hold
+
   std::vector<ManifestFile> files;
 
   uint64_t TotalBytes() const;
