@@ -1,7 +1,6 @@
 #include "elsa/page_server/paged_images.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,16 +13,12 @@
 
 #include "elsa/fd_io.h"
 #include "elsa/file_util.h"
-#include "protobuf_wire.h"
+#include "criu_images.h"
 
 namespace elsa::page_server {
 namespace {
 
 constexpr char kRefsMagic[8] = {'E', 'L', 'S', 'A', 'R', 'E', 'F', '1'};
-constexpr uint32_t kMmMagic = 0x57492820;
-constexpr uint32_t kCoreMagic = 0x55053847;
-// VmaEntry.status bits (criu/include/image.h) of mappings CRIU never restores lazily.
-constexpr uint64_t kVmaAreaVsyscall = 1u << 2, kVmaAreaVdso = 1u << 3, kVmaAreaVvar = 1u << 12;
 constexpr size_t kCopyPages = 256;
 
 std::span<const uint8_t> AsBytes(const std::string& s) {
@@ -48,38 +43,15 @@ std::optional<ImageTarget> PagemapTarget(const std::string& name) {
   return t;
 }
 
-// Address ranges of one process CRIU may restore lazily (vma_entry_can_be_lazy in criu/vma.h).
-using Ranges = std::vector<std::pair<uint64_t, uint64_t>>;  // [start, end), ascending
-
-Result<Ranges> LazyRanges(const std::string& dir, uint64_t pid) {
+// Address ranges of one process CRIU may restore lazily (from its mm-<pid>.img).
+Result<LazyRanges> LazyRangesOf(const std::string& dir, uint64_t pid) {
   const std::string name = "mm-" + std::to_string(pid) + ".img";
   ELSA_ASSIGN_OR_RETURN(std::string bytes, ReadFile(dir + "/" + name));
-  ELSA_ASSIGN_OR_RETURN(auto records, wire::ImageRecords(AsBytes(bytes), kMmMagic, name));
-  if (records.size() != 1) return Status::Corruption(name + " should hold one mm_entry");
-  Ranges ranges;
-  bool vmas_ok = true;
-  const bool mm_ok = wire::ForEachField(records[0], [&](const wire::Field& f) {
-    if (f.number != 14 || f.wire_type != 2) return;  // mm_entry.vmas
-    uint64_t start = 0, end = 0, flags = 0, status = 0;
-    vmas_ok &= wire::ForEachField(f.bytes, [&](const wire::Field& v) {
-      if (v.wire_type != 0) return;
-      if (v.number == 1) start = v.varint;
-      if (v.number == 2) end = v.varint;
-      if (v.number == 6) flags = v.varint;
-      if (v.number == 7) status = v.varint;
-    });
-    const bool lazy = (flags & MAP_ANONYMOUS) && (flags & MAP_PRIVATE) && !(flags & MAP_LOCKED) &&
-                      !(flags & MAP_HUGETLB) && !(status & (kVmaAreaVsyscall | kVmaAreaVdso | kVmaAreaVvar));
-    if (lazy && start < end) ranges.emplace_back(start, end);
-  });
-  if (!mm_ok || !vmas_ok) return Status::Corruption(name + ": malformed mm_entry");
-  std::sort(ranges.begin(), ranges.end());
-  return ranges;
+  return LazyRangesFromMm(AsBytes(bytes), name);
 }
 
-// The page of every thread's stack pointer (x86-64: core_entry.thread_info.gpregs.sp). CRIU
-// restores these pages eagerly: the restored thread touches its stack at once. Conservative
-// across processes: an address excluded for one process needlessly is merely not lazy.
+// The page of every thread's stack pointer, from every core-*.img. Conservative across
+// processes: an address excluded for one process needlessly is merely not lazy.
 Result<std::set<uint64_t>> StackPages(const std::string& dir) {
   std::set<uint64_t> pages;
   std::error_code ec;
@@ -87,26 +59,14 @@ Result<std::set<uint64_t>> StackPages(const std::string& dir) {
     const std::string name = e.path().filename();
     if (name.rfind("core-", 0) != 0 || !EndsWith(name, ".img")) continue;
     ELSA_ASSIGN_OR_RETURN(std::string bytes, ReadFile(e.path()));
-    ELSA_ASSIGN_OR_RETURN(auto records, wire::ImageRecords(AsBytes(bytes), kCoreMagic, name));
-    auto field = [](std::span<const uint8_t> msg, uint64_t number) {
-      std::span<const uint8_t> found;
-      wire::ForEachField(msg, [&](const wire::Field& f) {
-        if (f.number == number && f.wire_type == 2) found = f.bytes;
-      });
-      return found;
-    };
-    for (const auto& core : records) {
-      auto gpregs = field(field(core, 2), 2);  // thread_info, gpregs
-      wire::ForEachField(gpregs, [&](const wire::Field& f) {
-        if (f.number == 20 && f.wire_type == 0) pages.insert(f.varint & ~uint64_t{kPageSize - 1});  // sp
-      });
-    }
+    ELSA_ASSIGN_OR_RETURN(std::vector<uint64_t> sps, StackPointersFromCore(AsBytes(bytes), name));
+    for (uint64_t sp : sps) pages.insert(sp & ~uint64_t{kPageSize - 1});
   }
   if (ec) return Status::IoError("list " + dir + ": " + ec.message());
   return pages;
 }
 
-bool InRanges(const Ranges& ranges, uint64_t addr) {
+bool InRanges(const LazyRanges& ranges, uint64_t addr) {
   auto it = std::upper_bound(ranges.begin(), ranges.end(), std::make_pair(addr, UINT64_MAX));
   return it != ranges.begin() && addr < std::prev(it)->second;
 }
@@ -200,9 +160,9 @@ Result<MaterializeStats> MaterializeImages(const PageStore& store, const std::st
   MaterializeStats stats;
   std::vector<uint8_t> buffer(kCopyPages * kPageSize);
   for (const PagedImage& image : images) {
-    Ranges lazy_ranges;
+    LazyRanges lazy_ranges;
     if (lazy && image.target.kind == ImageKind::kProcess) {
-      ELSA_ASSIGN_OR_RETURN(lazy_ranges, LazyRanges(checkpoint_dir, image.target.id));
+      ELSA_ASSIGN_OR_RETURN(lazy_ranges, LazyRangesOf(checkpoint_dir, image.target.id));
     }
     const std::string pages_name = PagesFileName(image.pagemap.pages_id);
     ELSA_ASSIGN_OR_RETURN(UniqueFd pages, CreateFile(out_dir + "/" + pages_name));
