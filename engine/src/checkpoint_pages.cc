@@ -79,7 +79,8 @@ Status CheckpointPages::VerifyPages(const std::string& checkpoint_dir, bool read
 Result<page_server::MaterializeStats> CheckpointPages::Materialize(const std::string& checkpoint_dir,
                                                                    const std::string& staging, bool lazy) const {
   std::shared_lock hold(collect_mu_);
-  return page_server::MaterializeImages(*store_, checkpoint_dir, staging, lazy);
+  return page_server::MaterializeImages(*store_, checkpoint_dir, staging,
+                                       lazy ? page_server::RestoreImages::kLazy : page_server::RestoreImages::kEager);
 }
 
 LazyPageSupply::~LazyPageSupply() {

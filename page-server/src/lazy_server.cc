@@ -70,8 +70,7 @@ Result<LazyServeStats> LazyPageServer::ServeOne(std::chrono::milliseconds accept
     if (hashes.empty())
       return Status::ProtocolError("GET for pid " + std::to_string(req.dst_id) + " address 0x" + HexU64(req.vaddr) +
                                    ": the checkpoint holds no such page");
-    for (size_t i = 0; i < hashes.size(); ++i)
-      ELSA_RETURN_IF_ERROR(store_->Get(hashes[i], pages.data() + i * kPageSize));
+    ELSA_RETURN_IF_ERROR(store_->GetBatch(hashes.data(), hashes.size(), pages.data()));
     Request reply;
     reply.command = kAddF;
     reply.flags = kPePresent;

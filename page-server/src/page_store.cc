@@ -17,13 +17,19 @@
 
 #include "elsa/fd_io.h"
 #include "elsa/file_util.h"
+#include "elsa/uninitialized.h"
 
 namespace elsa::page_server {
 namespace {
 
 constexpr size_t kPage = 4096;
 constexpr uint32_t kRecordMagic = 0x31475045;  // "EPG1"
+constexpr uint32_t kPaddingMagic = 0x44415045;  // "EPAD": fills an append up to a block boundary
 constexpr uint32_t kFlagLz4 = 1;
+// Appends are whole blocks so that segments can be written with O_DIRECT: page data goes from
+// our buffer to the disk without a copy into the page cache, which on these machines costs more
+// than hashing and compressing it.
+constexpr size_t kBlock = 4096;
 
 // A record: this header, then stored_length bytes. `check` covers the header (with check = 0)
 // and the bytes, so any torn or damaged record fails it.
@@ -70,7 +76,7 @@ PageHash HashPage(const uint8_t* page) {
   return {h.low64, h.high64};
 }
 
-PageStore::PageStore(std::string dir) : dir_(std::move(dir)) {}
+PageStore::PageStore(std::string dir, uint64_t segment_bytes) : dir_(std::move(dir)), segment_bytes_(segment_bytes) {}
 
 std::string PageStore::SegmentPath(uint32_t number) const {
   char name[32];
@@ -78,9 +84,9 @@ std::string PageStore::SegmentPath(uint32_t number) const {
   return dir_ + "/" + name;
 }
 
-Result<std::unique_ptr<PageStore>> PageStore::Open(const std::string& dir) {
+Result<std::unique_ptr<PageStore>> PageStore::Open(const std::string& dir, uint64_t segment_bytes) {
   ELSA_RETURN_IF_ERROR(MakeDirs(dir, 0700));
-  auto store = std::make_unique<PageStore>(dir);
+  auto store = std::make_unique<PageStore>(dir, segment_bytes);
   ELSA_RETURN_IF_ERROR(store->Scan());
   return store;
 }
@@ -105,16 +111,26 @@ Status PageStore::Scan() {
     uint64_t offset = 0;
     while (offset < size) {
       RecordHeader h{};
+      if (size - offset >= sizeof h && PreadAll(fd.get(), &h, sizeof h, offset).ok() && h.magic == kPaddingMagic &&
+          h.stored_length < 2 * kBlock && size - offset - sizeof h >= h.stored_length) {
+        offset += sizeof h + h.stored_length;
+        continue;
+      }
       bool intact = size - offset >= sizeof h && PreadAll(fd.get(), &h, sizeof h, offset).ok() &&
                     h.magic == kRecordMagic && h.stored_length <= data.size() &&
                     size - offset - sizeof h >= h.stored_length &&
                     PreadAll(fd.get(), data.data(), h.stored_length, offset + sizeof h).ok() &&
                     RecordCheck(h, data.data()) == h.check;
       if (!intact) {
-        if (!newest)
-          return Status::Corruption("page store segment " + SegmentPath(number) + " is damaged at byte " +
-                                    std::to_string(offset));
-        // A crash while appending: drop the torn tail, keep everything before it.
+        // Segments are fsync'd together at Sync(), so a crash can tear the tail of any segment
+        // written since the last one. Older segments are never appended to again: what follows
+        // the damage is left on disk, unindexed, never served (a checkpoint that needs it fails
+        // verification by name). The newest is cut back so that appends resume after good data.
+        if (!newest) {
+          std::fprintf(stderr, "page store: %s is damaged at byte %llu; its records from there on are not served\n",
+                       SegmentPath(number).c_str(), static_cast<unsigned long long>(offset));
+          break;
+        }
         std::fprintf(stderr, "page store: cutting a torn record off %s at byte %llu\n", SegmentPath(number).c_str(),
                      static_cast<unsigned long long>(offset));
         if (::truncate(SegmentPath(number).c_str(), static_cast<off_t>(offset)) != 0)
@@ -126,23 +142,34 @@ Status PageStore::Scan() {
     }
   }
   stats_.unique_pages = index_.size();
-  if (segments_.empty()) return StartSegment(1);
-  active_.Reset(::open(SegmentPath(segments_.back()).c_str(), O_WRONLY | O_APPEND | O_CLOEXEC));
-  if (!active_) return Status::FromErrno("open " + SegmentPath(segments_.back()), errno);
-  struct stat st {};
-  ::fstat(active_.get(), &st);
-  active_size_ = static_cast<uint64_t>(st.st_size);
   for (uint32_t n : segments_) {
     struct stat s {};
     if (::stat(SegmentPath(n).c_str(), &s) == 0) stats_.stored_bytes += static_cast<uint64_t>(s.st_size);
   }
+  if (segments_.empty()) return StartSegment(1);
+  struct stat st {};
+  if (::stat(SegmentPath(segments_.back()).c_str(), &st) != 0)
+    return Status::FromErrno("stat " + SegmentPath(segments_.back()), errno);
+  // A tail cut back to mid-block cannot take aligned appends: continue in a new segment.
+  if (static_cast<uint64_t>(st.st_size) % kBlock != 0) return StartSegment(segments_.back() + 1);
+  ELSA_ASSIGN_OR_RETURN(active_, OpenForAppend(SegmentPath(segments_.back()), 0));
+  active_size_ = static_cast<uint64_t>(st.st_size);
   return Status::Ok();
 }
 
+Result<UniqueFd> PageStore::OpenForAppend(const std::string& path, int create_flags) {
+  const int flags = O_WRONLY | O_APPEND | O_CLOEXEC | create_flags;
+  UniqueFd fd(::open(path.c_str(), flags | O_DIRECT, 0600));
+  if (!fd && errno == EINVAL) fd.Reset(::open(path.c_str(), flags, 0600));  // e.g. tmpfs: no O_DIRECT
+  if (!fd) return Status::FromErrno((create_flags ? "create " : "open ") + path, errno);
+  return fd;
+}
+
 Status PageStore::StartSegment(uint32_t number) {
-  if (active_ && ::fsync(active_.get()) != 0) return Status::FromErrno("fsync page segment", errno);
-  active_.Reset(::open(SegmentPath(number).c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
-  if (!active_) return Status::FromErrno("create " + SegmentPath(number), errno);
+  // Not fsync'd here: that would stall a dump in progress for a whole segment's write-back. Sync()
+  // makes it durable with the rest; until then a crash can at worst tear it, which Open detects.
+  if (active_) sealed_unsynced_.push_back(std::move(active_));
+  ELSA_ASSIGN_OR_RETURN(active_, OpenForAppend(SegmentPath(number), O_CREAT | O_EXCL));
   segments_.push_back(number);
   active_size_ = 0;
   return FsyncPath(dir_);
@@ -152,7 +179,7 @@ namespace {
 
 // Appends one record for `page` to `out`: lz4 when that saves at least 1/16, else raw (reading a
 // raw page back costs nothing). Returns the record's location fields.
-PageStore::Location BuildRecord(const PageHash& hash, const uint8_t* page, std::vector<uint8_t>& out) {
+PageStore::Location BuildRecord(const PageHash& hash, const uint8_t* page, DirectIoBytes& out) {
   const size_t at = out.size();
   out.resize(at + sizeof(RecordHeader) + LZ4_COMPRESSBOUND(kPage));
   RecordHeader h{kRecordMagic, 0, hash.low, hash.high, 0, 0, 0};
@@ -172,19 +199,31 @@ PageStore::Location BuildRecord(const PageHash& hash, const uint8_t* page, std::
   return {0, at, h.stored_length, h.flags == kFlagLz4};
 }
 
+// Pads `records` to whole blocks with one padding record (zeroed: no stale heap on disk).
+void PadToBlock(DirectIoBytes& records) {
+  size_t gap = (kBlock - records.size() % kBlock) % kBlock;
+  if (gap == 0) return;
+  if (gap < sizeof(RecordHeader)) gap += kBlock;
+  const size_t at = records.size();
+  records.resize(at + gap);
+  std::memset(records.data() + at, 0, gap);
+  RecordHeader h{kPaddingMagic, static_cast<uint32_t>(gap - sizeof h), 0, 0, 0, 0, 0};
+  std::memcpy(records.data() + at, &h, sizeof h);
+}
+
 }  // namespace
 
 Status PageStore::AppendLocked(const PageHash& hash, const uint8_t* page) {
-  std::vector<uint8_t> records;
-  records.reserve(sizeof(RecordHeader) + LZ4_COMPRESSBOUND(kPage));
+  DirectIoBytes records;
   Location loc = BuildRecord(hash, page, records);
   return AppendRecordsLocked(records, {{hash, loc}});
 }
 
-Status PageStore::AppendRecordsLocked(const std::vector<uint8_t>& records,
+Status PageStore::AppendRecordsLocked(DirectIoBytes& records,
                                       const std::vector<std::pair<PageHash, Location>>& added) {
   if (records.empty()) return Status::Ok();
-  if (active_size_ >= kSegmentBytes) ELSA_RETURN_IF_ERROR(StartSegment(segments_.back() + 1));
+  if (active_size_ >= segment_bytes_) ELSA_RETURN_IF_ERROR(StartSegment(segments_.back() + 1));
+  PadToBlock(records);
   ELSA_RETURN_IF_ERROR(WriteFully(active_.get(), {reinterpret_cast<const char*>(records.data()), records.size()},
                                   "append to the page store"));
   for (auto [hash, loc] : added) {
@@ -202,7 +241,8 @@ Result<size_t> PageStore::PutBatch(const uint8_t* pages, size_t count, PageHash*
   for (size_t i = 0; i < count; ++i) hashes[i] = HashPage(pages + i * kPage);
   // Batches stay well below a segment, so a batch never straddles two.
   constexpr size_t kMaxRecordsBytes = 4u << 20;
-  std::vector<uint8_t> records;
+  DirectIoBytes records;
+  records.reserve(kMaxRecordsBytes + sizeof(RecordHeader) + LZ4_COMPRESSBOUND(kPage) + 2 * kBlock);
   std::vector<std::pair<PageHash, Location>> added;
   std::lock_guard lock(mu_);
   auto flush = [&]() -> Status {
@@ -262,10 +302,8 @@ Result<int> PageStore::ReadFdLocked(uint32_t segment) const {
   return raw;
 }
 
-Status PageStore::ReadLocked(const Location& loc, const PageHash& hash, uint8_t* out) const {
-  ELSA_ASSIGN_OR_RETURN(int fd, ReadFdLocked(loc.segment));
-  uint8_t record[sizeof(RecordHeader) + LZ4_COMPRESSBOUND(kPage)];
-  ELSA_RETURN_IF_ERROR(PreadAll(fd, record, sizeof(RecordHeader) + loc.stored_length, loc.offset));
+Status PageStore::DecodeRecord(const uint8_t* record, const Location& loc, const PageHash& hash,
+                               uint8_t* out) const {
   RecordHeader h;
   std::memcpy(&h, record, sizeof h);
   const uint8_t* data = record + sizeof h;
@@ -283,8 +321,60 @@ Status PageStore::ReadLocked(const Location& loc, const PageHash& hash, uint8_t*
   return Status::Ok();
 }
 
+Status PageStore::ReadLocked(const Location& loc, const PageHash& hash, uint8_t* out) const {
+  ELSA_ASSIGN_OR_RETURN(int fd, ReadFdLocked(loc.segment));
+  uint8_t record[sizeof(RecordHeader) + LZ4_COMPRESSBOUND(kPage)];
+  ELSA_RETURN_IF_ERROR(PreadAll(fd, record, sizeof(RecordHeader) + loc.stored_length, loc.offset));
+  return DecodeRecord(record, loc, hash, out);
+}
+
+Status PageStore::GetBatch(const PageHash* hashes, size_t count, uint8_t* out) const {
+  constexpr uint64_t kMaxRead = 1u << 20;
+  std::lock_guard lock(mu_);
+  std::vector<std::pair<Location, size_t>> wanted;  // location, index into hashes
+  wanted.reserve(count);
+  for (size_t i = 0; i < count; ++i) {
+    auto it = index_.find(hashes[i]);
+    if (it == index_.end()) return Status::NotFound("page " + hashes[i].ToHex() + " is not in the store");
+    wanted.emplace_back(it->second, i);
+  }
+  // In segment order, records that lie back to back are read with one pread.
+  std::sort(wanted.begin(), wanted.end(), [](const auto& a, const auto& b) {
+    return a.first.segment != b.first.segment ? a.first.segment < b.first.segment : a.first.offset < b.first.offset;
+  });
+  RawBytes run;
+  for (size_t first = 0; first < wanted.size();) {
+    const Location& start = wanted[first].first;
+    uint64_t end = start.offset + sizeof(RecordHeader) + start.stored_length;
+    size_t last = first + 1;
+    while (last < wanted.size() && wanted[last].first.segment == start.segment &&
+           (wanted[last].first.offset == end || wanted[last].first.offset == wanted[last - 1].first.offset) &&
+           end - start.offset < kMaxRead) {
+      end = std::max(end, wanted[last].first.offset + sizeof(RecordHeader) + wanted[last].first.stored_length);
+      ++last;
+    }
+    ELSA_ASSIGN_OR_RETURN(int fd, ReadFdLocked(start.segment));
+    run.resize(end - start.offset);
+    ELSA_RETURN_IF_ERROR(PreadAll(fd, run.data(), run.size(), start.offset));
+    for (size_t k = first; k < last; ++k) {
+      const auto& [loc, index] = wanted[k];
+      ELSA_RETURN_IF_ERROR(DecodeRecord(run.data() + (loc.offset - start.offset), loc, hashes[index],
+                                        out + index * kPage));
+    }
+    first = last;
+  }
+  return Status::Ok();
+}
+
 Status PageStore::Sync() {
   std::lock_guard lock(mu_);
+  return SyncLocked();
+}
+
+Status PageStore::SyncLocked() {
+  for (const UniqueFd& fd : sealed_unsynced_)
+    if (::fsync(fd.get()) != 0) return Status::FromErrno("fsync page segment", errno);
+  sealed_unsynced_.clear();
   if (::fsync(active_.get()) != 0) return Status::FromErrno("fsync page segment", errno);
   return Status::Ok();
 }
@@ -307,7 +397,7 @@ Result<uint64_t> PageStore::Collect(const std::function<bool(const PageHash&)>& 
   // The active segment is sealed first, so what is moved never lands in a segment being deleted.
   ELSA_RETURN_IF_ERROR(StartSegment(segments_.back() + 1));
   std::vector<uint8_t> page(kPage);
-  std::vector<uint8_t> records;
+  DirectIoBytes records;
   std::vector<std::pair<PageHash, Location>> moved;
   for (const auto& [hash, loc] : index_) {
     if (!to_rewrite.count(loc.segment)) continue;
@@ -320,7 +410,7 @@ Result<uint64_t> PageStore::Collect(const std::function<bool(const PageHash&)>& 
     }
   }
   ELSA_RETURN_IF_ERROR(AppendRecordsLocked(records, moved));
-  if (::fsync(active_.get()) != 0) return Status::FromErrno("fsync page segment", errno);
+  ELSA_RETURN_IF_ERROR(SyncLocked());
   for (uint32_t n : to_rewrite) {
     read_fds_.erase(n);
     struct stat st {};

@@ -13,6 +13,7 @@
 
 #include "elsa/fd_io.h"
 #include "elsa/file_util.h"
+#include "elsa/uninitialized.h"
 #include "criu_images.h"
 
 namespace elsa::page_server {
@@ -77,7 +78,10 @@ Result<UniqueFd> CreateFile(const std::string& path) {
   return fd;
 }
 
-std::string_view Chars(const std::vector<uint8_t>& v, size_t size) { return {reinterpret_cast<const char*>(v.data()), size}; }
+template <typename Bytes>
+std::string_view Chars(const Bytes& v, size_t size) {
+  return {reinterpret_cast<const char*>(v.data()), size};
+}
 
 }  // namespace
 
@@ -141,7 +145,8 @@ Result<std::vector<PagedImage>> LoadPagedImages(const std::string& dir) {
 }
 
 Result<MaterializeStats> MaterializeImages(const PageStore& store, const std::string& checkpoint_dir,
-                                           const std::string& out_dir, bool lazy) {
+                                           const std::string& out_dir, RestoreImages kind) {
+  const bool lazy = kind != RestoreImages::kEager;
   const auto start = std::chrono::steady_clock::now();
   ELSA_ASSIGN_OR_RETURN(std::vector<PagedImage> images, LoadPagedImages(checkpoint_dir));
   std::error_code ec;
@@ -158,7 +163,7 @@ Result<MaterializeStats> MaterializeImages(const PageStore& store, const std::st
     ELSA_ASSIGN_OR_RETURN(stack_pages, StackPages(checkpoint_dir));
   }
   MaterializeStats stats;
-  std::vector<uint8_t> buffer(kCopyPages * kPageSize);
+  RawBytes buffer(kCopyPages * kPageSize);
   for (const PagedImage& image : images) {
     LazyRanges lazy_ranges;
     if (lazy && image.target.kind == ImageKind::kProcess) {
@@ -166,10 +171,14 @@ Result<MaterializeStats> MaterializeImages(const PageStore& store, const std::st
     }
     const std::string pages_name = PagesFileName(image.pagemap.pages_id);
     ELSA_ASSIGN_OR_RETURN(UniqueFd pages, CreateFile(out_dir + "/" + pages_name));
-    size_t buffered = 0;
+    // Pages are fetched a buffer at a time, so runs of records that lie together in the store
+    // are read together.
+    std::vector<PageHash> pending;
+    pending.reserve(kCopyPages);
     auto flush = [&]() -> Status {
-      Status st = WriteFully(pages.get(), Chars(buffer, buffered * kPageSize), "write " + pages_name);
-      buffered = 0;
+      ELSA_RETURN_IF_ERROR(store.GetBatch(pending.data(), pending.size(), buffer.data()).WithContext(pages_name));
+      Status st = WriteFully(pages.get(), Chars(buffer, pending.size() * kPageSize), "write " + pages_name);
+      pending.clear();
       return st;
     };
     std::vector<PagemapEntry> entries;
@@ -189,16 +198,16 @@ Result<MaterializeStats> MaterializeImages(const PageStore& store, const std::st
       }
       for (uint64_t i = 0; i < entry.nr_pages; ++i, ++ref) {
         const uint64_t vaddr = entry.vaddr + i * kPageSize;
-        if (!lazy_ranges.empty() && InRanges(lazy_ranges, vaddr) && !stack_pages.count(vaddr)) {
+        const bool lazy_page = !lazy_ranges.empty() && InRanges(lazy_ranges, vaddr) && !stack_pages.count(vaddr);
+        if (lazy_page) stats.pages_lazy++;
+        if (lazy_page && kind == RestoreImages::kLazy) {
           emit(vaddr, kPeLazy);
-          stats.pages_lazy++;
           continue;
         }
-        emit(vaddr, kPePresent);
-        ELSA_RETURN_IF_ERROR(store.Get(image.refs[ref], buffer.data() + buffered * kPageSize)
-                                 .WithContext(pages_name + " page " + std::to_string(ref)));
-        stats.pages_written++;
-        if (++buffered == kCopyPages) ELSA_RETURN_IF_ERROR(flush());
+        emit(vaddr, lazy_page ? kPeLazy | kPePresent : kPePresent);
+        if (!lazy_page) stats.pages_written++;
+        pending.push_back(image.refs[ref]);
+        if (pending.size() == kCopyPages) ELSA_RETURN_IF_ERROR(flush());
       }
     }
     ELSA_RETURN_IF_ERROR(flush());

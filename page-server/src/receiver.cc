@@ -7,11 +7,13 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <future>
 #include <optional>
 #include <vector>
 
 #include "elsa/fd_io.h"
 #include "elsa/file_util.h"
+#include "elsa/uninitialized.h"
 #include "elsa/page_server/paged_images.h"
 #include "elsa/page_server/protocol.h"
 #include "socket_io.h"
@@ -99,25 +101,63 @@ struct OpenImage {
   std::vector<PagemapEntry> entries;
 };
 
-// Reads `nr_pages` pages off the socket into the store, a batch at a time; their hashes are
-// appended to `refs`. Returns how many were new to the store.
-Result<uint64_t> ReceiveIntoStore(int sock, PageStore& store, uint64_t nr_pages, std::vector<PageHash>& refs,
-                                  std::chrono::milliseconds idle_timeout) {
-  constexpr uint64_t kBatchPages = 256;
-  std::vector<uint8_t> buffer(kBatchPages * kPageSize);
-  uint64_t fresh = 0;
-  while (nr_pages > 0) {
-    const uint64_t n = std::min(nr_pages, kBatchPages);
-    ELSA_RETURN_IF_ERROR(RecvAll(sock, buffer.data(), n * kPageSize, Clock::now() + idle_timeout)
-                             .WithContext("receiving page data"));
-    const size_t at = refs.size();
-    refs.resize(at + n);
-    ELSA_ASSIGN_OR_RETURN(size_t added, store.PutBatch(buffer.data(), n, refs.data() + at));
-    fresh += added;
-    nr_pages -= n;
+// Receives pages into the store with two batches in play: while one is hashed, compressed and
+// written by a helper thread, the next arrives off the socket, so the network and the disk work
+// at once. Hashes reach their image's refs in arrival order.
+class StoreIntake {
+ public:
+  explicit StoreIntake(PageStore& store) : store_(store) {}
+  ~StoreIntake() {
+    if (in_flight_.valid()) in_flight_.wait();  // its buffers die with us
   }
-  return fresh;
-}
+
+  // Reads `nr_pages` pages off the socket; their hashes go to `refs` by the next Drain().
+  Status Receive(int sock, uint64_t nr_pages, std::vector<PageHash>& refs, std::chrono::milliseconds idle_timeout) {
+    while (nr_pages > 0) {
+      Batch& batch = batches_[next_];
+      next_ ^= 1;
+      const uint64_t n = std::min(nr_pages, kBatchPages);
+      if (batch.pages.size() < kBatchPages * kPageSize) batch.pages.resize(kBatchPages * kPageSize);
+      ELSA_RETURN_IF_ERROR(RecvAll(sock, batch.pages.data(), n * kPageSize, Clock::now() + idle_timeout)
+                               .WithContext("receiving page data"));
+      ELSA_RETURN_IF_ERROR(Drain());
+      batch.hashes.resize(n);
+      batch.refs = &refs;
+      flying_ = &batch;
+      in_flight_ = std::async(std::launch::async,
+                              [this, &batch] { return store_.PutBatch(batch.pages.data(), batch.hashes.size(), batch.hashes.data()); });
+      nr_pages -= n;
+    }
+    return Status::Ok();
+  }
+
+  // Waits for the batch being stored and hands its hashes to their image.
+  Status Drain() {
+    if (!flying_) return Status::Ok();
+    Batch& batch = *flying_;
+    flying_ = nullptr;
+    ELSA_ASSIGN_OR_RETURN(size_t added, in_flight_.get());
+    fresh_ += added;
+    batch.refs->insert(batch.refs->end(), batch.hashes.begin(), batch.hashes.end());
+    return Status::Ok();
+  }
+
+  uint64_t pages_new() const { return fresh_; }
+
+ private:
+  static constexpr uint64_t kBatchPages = 256;
+  struct Batch {
+    RawBytes pages;
+    std::vector<PageHash> hashes;
+    std::vector<PageHash>* refs = nullptr;
+  };
+  PageStore& store_;
+  Batch batches_[2];
+  int next_ = 0;
+  Batch* flying_ = nullptr;
+  std::future<Result<size_t>> in_flight_;
+  uint64_t fresh_ = 0;
+};
 
 Result<UniqueFd> CreateAt(int dir, const std::string& name) {
   UniqueFd fd(::openat(dir, name.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
@@ -125,21 +165,30 @@ Result<UniqueFd> CreateAt(int dir, const std::string& name) {
   return fd;
 }
 
-Status FinishImage(int dir, OpenImage& image) {
+// Writes the image's pagemap (and refs). Its files go to `unsynced`: they are fsync'd after
+// CRIU has its CLOSE reply, so the dump (and the session's freeze) does not wait on the disk.
+Status FinishImage(int dir, OpenImage& image, std::vector<UniqueFd>& unsynced) {
   if (image.pages) {
-    if (::fsync(image.pages.get()) != 0) return Status::FromErrno("fsync " + PagesFileName(image.pages_id), errno);
+    unsynced.push_back(std::move(image.pages));
   } else {
     const std::vector<uint8_t> refs = EncodeRefs(image.refs);
     const std::string refs_name = RefsFileName(image.pages_id);
     ELSA_ASSIGN_OR_RETURN(UniqueFd fd, CreateAt(dir, refs_name));
     ELSA_RETURN_IF_ERROR(WriteFully(fd.get(), Bytes(refs.data(), refs.size()), "write " + refs_name));
-    if (::fsync(fd.get()) != 0) return Status::FromErrno("fsync " + refs_name, errno);
+    unsynced.push_back(std::move(fd));
   }
   const std::vector<uint8_t> pagemap = EncodePagemapImage(image.pages_id, image.entries);
   const std::string name = PagemapFileName(image.target);
   ELSA_ASSIGN_OR_RETURN(UniqueFd fd, CreateAt(dir, name));
   ELSA_RETURN_IF_ERROR(WriteFully(fd.get(), Bytes(pagemap.data(), pagemap.size()), "write " + name));
-  if (::fsync(fd.get()) != 0) return Status::FromErrno("fsync " + name, errno);
+  unsynced.push_back(std::move(fd));
+  return Status::Ok();
+}
+
+Status SyncAll(std::vector<UniqueFd>& files) {
+  for (const UniqueFd& fd : files)
+    if (::fsync(fd.get()) != 0) return Status::FromErrno("fsync a received image", errno);
+  files.clear();
   return Status::Ok();
 }
 
@@ -168,9 +217,18 @@ Result<ReceiverStats> PageReceiver::ServeOne(std::chrono::milliseconds accept_ti
   ELSA_RETURN_IF_ERROR(copier.Init());
   ReceiverStats stats;
   std::optional<OpenImage> current;
+  std::vector<UniqueFd> unsynced;
+
+  std::optional<StoreIntake> intake;
+  if (store_) intake.emplace(*store_);
+  auto finish_current = [&]() -> Status {
+    if (!current) return Status::Ok();
+    if (intake) ELSA_RETURN_IF_ERROR(intake->Drain());
+    return FinishImage(dir_.get(), *current, unsynced);
+  };
 
   auto open = [&](ImageTarget target) -> Status {
-    if (current) ELSA_RETURN_IF_ERROR(FinishImage(dir_.get(), *current));
+    ELSA_RETURN_IF_ERROR(finish_current());
     current.emplace();
     current->target = target;
     current->pages_id = next_pages_id_++;
@@ -228,10 +286,8 @@ Result<ReceiverStats> PageReceiver::ServeOne(std::chrono::milliseconds accept_ti
         if (!current || !(current->target == target)) ELSA_RETURN_IF_ERROR(open(target));  // old CRIUs: no OPEN
         current->entries.push_back({req.vaddr, req.nr_pages, flags});
         if ((flags & kPePresent) && store_) {
-          ELSA_ASSIGN_OR_RETURN(uint64_t fresh, ReceiveIntoStore(sock.get(), *store_, req.nr_pages, current->refs,
-                                                                 idle_timeout));
+          ELSA_RETURN_IF_ERROR(intake->Receive(sock.get(), req.nr_pages, current->refs, idle_timeout));
           stats.pages_present += req.nr_pages;
-          stats.pages_new += fresh;
         } else if (flags & kPePresent) {
           ELSA_RETURN_IF_ERROR(copier.Copy(sock.get(), current->pages.get(), req.nr_pages * kPageSize,
                                            Clock::now() + idle_timeout));
@@ -245,13 +301,18 @@ Result<ReceiverStats> PageReceiver::ServeOne(std::chrono::milliseconds accept_ti
       }
       case kClose:
       case kForceClose: {
-        if (current) ELSA_RETURN_IF_ERROR(FinishImage(dir_.get(), *current));
+        ELSA_RETURN_IF_ERROR(finish_current());
         current.reset();
         const int32_t done = 0;
         ELSA_RETURN_IF_ERROR(reply(&done, sizeof done));
         // criu closes its side next; waiting for that avoids a TIME_WAIT on our side.
         char c;
         (void)RecvAll(sock.get(), &c, 1, Clock::now() + std::chrono::seconds(10));
+        const auto closed = Clock::now();
+        ELSA_RETURN_IF_ERROR(SyncAll(unsynced));
+        if (::fsync(dir_.get()) != 0) return Status::FromErrno("fsync the images directory", errno);
+        stats.sync_seconds = std::chrono::duration<double>(Clock::now() - closed).count();
+        if (intake) stats.pages_new = intake->pages_new();
         stats.seconds = std::chrono::duration<double>(Clock::now() - start).count();
         return stats;
       }

@@ -58,7 +58,7 @@ TEST_F(PagedCheckpoint, PagesGoIntoTheStoreAndMaterializeForRestore) {
     EXPECT_FALSE(name.rfind("pages-", 0) == 0 && e.path().extension() == ".img") << name << ": pages belong in the store";
   }
 
-  auto made = MaterializeImages(*store_, images, restore, /*lazy=*/false);
+  auto made = MaterializeImages(*store_, images, restore, RestoreImages::kEager);
   ASSERT_TRUE(made.ok()) << made.status().message();
   EXPECT_EQ(made->pages_written, stats.pages_present);
   EXPECT_EQ(made->pages_lazy, 0u);
@@ -75,7 +75,7 @@ TEST_F(PagedCheckpoint, AnUnchangedSecondDumpAddsAlmostNothing) {
   EXPECT_GE(second.pages_present, kHolderPages);
   // The holder sleeps between dumps; what changes is interpreter and stack state.
   EXPECT_LT(second.pages_new, second.pages_present / 50) << "first dump added " << first.pages_new;
-  auto made = MaterializeImages(*store_, dir_ / "second", dir_ / "restore", false);
+  auto made = MaterializeImages(*store_, dir_ / "second", dir_ / "restore", RestoreImages::kEager);
   ASSERT_TRUE(made.ok()) << made.status().message();
   const pid_t restored = RestoreFrom(dir_ / "restore");
   ASSERT_GT(restored, 0) << Slurp(dir_ / "restore/restore.log").substr(0, 4000);
@@ -86,7 +86,7 @@ TEST_F(PagedCheckpoint, LazyRestoreFaultsPagesInFromOurLazyServer) {
   const std::string images = dir_ / "images", restore = dir_ / "restore";
   const ReceiverStats stats = DumpIntoStore(images, false);
   HolderGone();
-  auto made = MaterializeImages(*store_, images, restore, /*lazy=*/true);
+  auto made = MaterializeImages(*store_, images, restore, RestoreImages::kLazy);
   ASSERT_TRUE(made.ok()) << made.status().message();
   EXPECT_GE(made->pages_lazy, kHolderPages) << "the holder's heap is anonymous private memory";
   EXPECT_EQ(made->pages_lazy + made->pages_written, stats.pages_present);

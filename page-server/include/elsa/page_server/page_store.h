@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "elsa/status.h"
+#include "elsa/uninitialized.h"
 #include "elsa/unique_fd.h"
 
 namespace elsa::page_server {
@@ -41,8 +42,9 @@ class PageStore {
   static constexpr uint64_t kSegmentBytes = 256u << 20;
 
   // Opens (creating if needed) the store in `dir`, indexing every intact record; a torn record
-  // at the end of the newest segment is cut off.
-  static Result<std::unique_ptr<PageStore>> Open(const std::string& dir);
+  // at the end of the newest segment is cut off. A new segment is started once the active one
+  // holds `segment_bytes` (smaller only in tests).
+  static Result<std::unique_ptr<PageStore>> Open(const std::string& dir, uint64_t segment_bytes = kSegmentBytes);
 
   // Stores the page unless it is already there; returns its hash. Thread-safe.
   Result<PageHash> Put(const uint8_t* page);
@@ -51,6 +53,9 @@ class PageStore {
   Result<size_t> PutBatch(const uint8_t* pages, size_t count, PageHash* hashes);
   // Reads a page into `out` (4096 bytes), verifying its record. NotFound or Corruption.
   Status Get(const PageHash& hash, uint8_t* out) const;
+  // Reads `count` pages into `out` (count * 4096 bytes) the same way; records that lie back to
+  // back in a segment are read together, so a checkpoint's pages come back at disk speed.
+  Status GetBatch(const PageHash* hashes, size_t count, uint8_t* out) const;
   bool Contains(const PageHash& hash) const;
   // Makes every Put so far durable.
   Status Sync();
@@ -71,15 +76,20 @@ class PageStore {
     size_t operator()(const PageHash& h) const { return static_cast<size_t>(h.low); }
   };
 
-  explicit PageStore(std::string dir);
+  PageStore(std::string dir, uint64_t segment_bytes);
 
  private:
   Status Scan();
   Status StartSegment(uint32_t number);
   std::string SegmentPath(uint32_t number) const;
+  static Result<UniqueFd> OpenForAppend(const std::string& path, int create_flags);
+  Status SyncLocked();
   Status AppendLocked(const PageHash& hash, const uint8_t* page);
   // Appends already-built records (see AppendLocked) with one write; indexes them.
-  Status AppendRecordsLocked(const std::vector<uint8_t>& records, const std::vector<std::pair<PageHash, Location>>& added);
+  // Pads them to whole blocks first (see kBlock in page_store.cc).
+  Status AppendRecordsLocked(DirectIoBytes& records, const std::vector<std::pair<PageHash, Location>>& added);
+  // Checks one record read from disk against `loc` and `hash`, and decodes its page into `out`.
+  Status DecodeRecord(const uint8_t* record, const Location& loc, const PageHash& hash, uint8_t* out) const;
   Result<int> ReadFdLocked(uint32_t segment) const;
   // With mu_ held: reads and verifies one record (the segment's fd stays valid meanwhile).
   Status ReadLocked(const Location& location, const PageHash& hash, uint8_t* out) const;
@@ -87,8 +97,10 @@ class PageStore {
   std::string dir_;
   mutable std::mutex mu_;
   std::unordered_map<PageHash, Location, HashOf> index_;
+  const uint64_t segment_bytes_;
   std::vector<uint32_t> segments_;  // numbers, ascending
   UniqueFd active_;                 // the newest segment, appended to
+  std::vector<UniqueFd> sealed_unsynced_;  // older segments written since the last Sync
   mutable std::unordered_map<uint32_t, UniqueFd> read_fds_;  // segments opened for Get
   uint64_t active_size_ = 0;
   PageStoreStats stats_;

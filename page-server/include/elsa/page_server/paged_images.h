@@ -34,18 +34,24 @@ struct PagedImage {
 Result<std::vector<PagedImage>> LoadPagedImages(const std::string& checkpoint_dir);
 
 struct MaterializeStats {
-  uint64_t pages_written = 0;  // into pages images
-  uint64_t pages_lazy = 0;     // left for the lazy server
+  uint64_t pages_written = 0;  // into pages images, for CRIU to restore at once
+  uint64_t pages_lazy = 0;     // marked lazy (left out for the lazy server, or local with kLazyLocal)
   double seconds = 0;
+};
+
+enum class RestoreImages {
+  kEager,      // every page in pages images
+  kLazy,       // lazy-able pages marked PE_LAZY and left out, for our LazyPageServer to serve
+  kLazyLocal,  // every page in pages images, lazy-able ones marked PE_LAZY|PE_PRESENT: what
+               // `criu lazy-pages` without a page server reads (CRIU's own local lazy restore)
 };
 
 // Builds in `out_dir` (existing, on the checkpoint's filesystem) the images CRIU restores from:
 // every file of the checkpoint hard-linked except refs files and pagemaps, pagemaps rewritten,
-// pages images written from the store. With `lazy`, pages CRIU may restore lazily (anonymous
-// private memory other than a thread's stack page, as CRIU's own `dump --lazy-pages` decides)
-// are marked PE_LAZY and left out.
+// pages images written from the store. Lazy-able pages are anonymous private memory other than
+// a thread's stack page, as CRIU's own `dump --lazy-pages` decides.
 Result<MaterializeStats> MaterializeImages(const PageStore& store, const std::string& checkpoint_dir,
-                                           const std::string& out_dir, bool lazy);
+                                           const std::string& out_dir, RestoreImages kind);
 
 // Where each present page of each process of a checkpoint is, for answering lazy-pages GETs.
 class PageLocator {

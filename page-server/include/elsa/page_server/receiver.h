@@ -22,7 +22,8 @@ struct ReceiverStats {
   uint64_t pages_lazy = 0;      // pages marked for lazy restore (bytes not sent)
   uint64_t pages_in_parent = 0;
   uint64_t pages_new = 0;       // with a store: pages it did not hold before
-  double seconds = 0;           // from accept to CLOSE
+  double seconds = 0;           // from accept until the images are durable
+  double sync_seconds = 0;      // of which after CLOSE, making them durable (CRIU is done by then)
 };
 
 class PageReceiver {

@@ -23,31 +23,13 @@
 #include <vector>
 
 #include "elsa/status.h"
+#include "elsa/uninitialized.h"
 
 namespace elsa::transport {
 
 inline constexpr size_t kPageSize = 4096;
 
-// An allocator that leaves bytes uninitialised on resize: page buffers are always overwritten
-// right after they grow, and zero-filling them first cost the receiver a sixth of its CPU.
-template <typename T>
-struct UninitializedAllocator : std::allocator<T> {
-  template <typename U>
-  struct rebind {
-    using other = UninitializedAllocator<U>;
-  };
-  UninitializedAllocator() = default;
-  template <typename U>
-  UninitializedAllocator(const UninitializedAllocator<U>&) noexcept {}
-  template <typename U>
-  void construct(U* p) noexcept {
-    ::new (static_cast<void*>(p)) U;  // default-initialise: no zeroing
-  }
-  template <typename U, typename... Args>
-  void construct(U* p, Args&&... args) {
-    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
-  }
-};
+using elsa::UninitializedAllocator;
 using PageBytes = std::vector<uint8_t, UninitializedAllocator<uint8_t>>;
 
 enum class Backend {
