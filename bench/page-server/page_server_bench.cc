@@ -5,6 +5,7 @@
 //                its own local lazy-pages) vs ours from the store (materialized, and lazy through
 //                our lazy server); then until every page is in, and the lazy GET latencies
 //   incremental  a second checkpoint of the same idle process: bytes and time vs the first
+// Before each timed run the page cache is written back and dropped: each starts cold and clean.
 // Processes are Python holders of N MiB of random bytes, one per size given.
 //   elsa-page-server-bench [--sizes 256,1024] [--dir /var/tmp] [--criu PATH]
 #include <fcntl.h>
@@ -83,6 +84,14 @@ struct Timing {
   double durable;  // until every byte is on disk
 };
 
+// Every timed run starts from the same state: nothing dirty waiting for write-back (which would
+// throttle whoever writes next) and nothing cached (so every restore reads from the disk).
+void Settle() {
+  ::sync();
+  UniqueFd drop(::open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC));
+  if (!drop || ::write(drop.get(), "3", 1) != 1) Die("cannot drop the page cache (/proc/sys/vm/drop_caches)");
+}
+
 void SyncFiles(const std::string& dir) {
   for (const auto& e : fs::directory_iterator(dir)) {
     UniqueFd fd(::open(e.path().c_str(), O_RDONLY | O_CLOEXEC));
@@ -100,7 +109,7 @@ class Holder {
     const std::string script = "import os, time\ndata = bytearray(os.urandom(" + std::to_string(mib) +
                                " << 20))\nopen('" + ready + "', 'w').close()\nwhile True:\n    time.sleep(0.5)\n";
     auto pipe = Must(OutputPipe::Create(), "pipe");
-    pid_ = Must(SpawnInPidNamespace({{"/usr/bin/python3", "-c", script}, {"PATH=/usr/bin:/bin"}, "/"}, pipe), "holder");
+    pid_ = Must(SpawnInPidNamespace({{"/usr/bin/python3", "-c", script}, {"PATH=/usr/bin:/bin"}, dir}, pipe), "holder");
     WaitForFile(ready, 120s);
   }
   ~Holder() {
@@ -166,6 +175,7 @@ void RunSize(const Bench& b, int mib) {
   // Two times per row: the dump (criu's wall time: how long a session stays frozen) and until
   // the checkpoint is durable. `criu page-server` never fsyncs; its row adds an fsync of its
   // images, which a checkpoint that must survive a crash needs.
+  Settle();
   Clock::time_point start = Clock::now();
   Timing criu_ingest{RunCriu(b.Dump(holder.pid(), theirs, port), theirs + "/dump.log"), 0};
   server.Wait();
@@ -175,6 +185,7 @@ void RunSize(const Bench& b, int mib) {
   auto timed_dump = [&](const std::string& dir, PageStore* into, ReceiverStats* stats) {
     auto receiver = Must(PageReceiver::Listen("127.0.0.1", 0, dir, into), "receiver");
     auto serving = std::async(std::launch::async, [&] { return receiver->ServeOne(60s); });
+    Settle();
     const auto begin = Clock::now();
     const double dump = RunCriu(b.Dump(holder.pid(), dir, receiver->port()), dir + "/dump.log");
     *stats = Must(serving.get(), "receiver");
@@ -214,10 +225,12 @@ void RunSize(const Bench& b, int mib) {
   // Baselines: CRIU from local images, eagerly and with its own local lazy-pages daemon.
   const std::string local = Fresh(base + "/restore-criu");
   Must(MaterializeImages(*store, stored, local, RestoreImages::kEager), "materialize");
+  Settle();
   const double criu_eager = b.Restore(local);
   b.EndRestored();
   const std::string local_lazy = Fresh(base + "/restore-criu-lazy");
   Must(MaterializeImages(*store, stored, local_lazy, RestoreImages::kLazyLocal), "materialize lazy-local");
+  Settle();
   start = Clock::now();
   ChildProcess criu_daemon = Must(
       ChildProcess::Spawn({b.criu, "lazy-pages", "-D", local_lazy, "-W", local_lazy, "-o", "lazy-pages.log"}),
@@ -231,6 +244,7 @@ void RunSize(const Bench& b, int mib) {
 
   // Ours: materialize from the store, then CRIU.
   const std::string eager = Fresh(base + "/restore-elsa");
+  Settle();
   start = Clock::now();
   Must(MaterializeImages(*store, stored, eager, RestoreImages::kEager), "materialize");
   const double materialize = Since(start);
@@ -239,6 +253,7 @@ void RunSize(const Bench& b, int mib) {
   b.EndRestored();
 
   const std::string lazy = Fresh(base + "/restore-elsa-lazy");
+  Settle();
   start = Clock::now();
   MaterializeStats lazy_made = Must(MaterializeImages(*store, stored, lazy, RestoreImages::kLazy), "lazy images");
   auto images = Must(LoadPagedImages(stored), "load images");

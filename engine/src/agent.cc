@@ -258,7 +258,12 @@ Result<CheckpointReport> Agent::Checkpoint(const std::string& name, bool leave_r
                                  ", pages into the page store");
     ELSA_ASSIGN_OR_RETURN(std::unique_ptr<PageIntake> intake, pages_->StartIntake(pending.dir()));
     CriuDumpRequest dump{info.pid, dir_fd.get(), dir_fd.get(), leave_running, intake->address(), intake->port()};
-    Result<CriuOutcome> dumped = criu.Dump(dump, [&](const std::string& event) { Report(progress, "criu", event); });
+    Result<CriuOutcome> dumped = [&] {
+      // One CRIU dump at a time: CRIU's parasite mounts /proc at `proc.crtools` in each dumped
+      // task's working directory, so two dumps of tasks sharing a directory fail with EEXIST.
+      std::lock_guard one_dump(dump_mu_);
+      return criu.Dump(dump, [&](const std::string& event) { Report(progress, "criu", event); });
+    }();
     Result<page_server::ReceiverStats> received = intake->Finish(dumped.ok());
     if (!dumped.ok()) return dumped.status();
     if (!received.ok()) return received.status().WithContext("taking in the dump's pages");

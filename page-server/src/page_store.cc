@@ -31,8 +31,10 @@ constexpr uint32_t kFlagLz4 = 1;
 // than hashing and compressing it.
 constexpr size_t kBlock = 4096;
 
-// A record: this header, then stored_length bytes. `check` covers the header (with check = 0)
-// and the bytes, so any torn or damaged record fails it.
+// A record: this header, then stored_length bytes. `check` is an xxh3 of the header (with
+// check = 0) and the bytes, so any torn or damaged record fails it. Raw records (kFlagRawPage)
+// skip hashing their 4 KiB a second time: their check covers the header alone, and the bytes
+// are checked against the page's own hash in the header.
 struct RecordHeader {
   uint32_t magic;
   uint32_t stored_length;
@@ -43,14 +45,21 @@ struct RecordHeader {
   uint64_t check;
 };
 static_assert(sizeof(RecordHeader) == 40);
+constexpr uint32_t kFlagRawPage = 2;
 
 uint64_t RecordCheck(RecordHeader h, const uint8_t* data) {
   h.check = 0;
   XXH3_state_t state;
   XXH3_64bits_reset(&state);
   XXH3_64bits_update(&state, &h, sizeof h);
-  XXH3_64bits_update(&state, data, h.stored_length);
+  if (!(h.flags & kFlagRawPage)) XXH3_64bits_update(&state, data, h.stored_length);
   return XXH3_64bits_digest(&state);
+}
+
+bool RecordIntact(const RecordHeader& h, const uint8_t* data) {
+  if (RecordCheck(h, data) != h.check) return false;
+  if (!(h.flags & kFlagRawPage)) return true;
+  return h.stored_length == kPage && !(h.flags & kFlagLz4) && HashPage(data) == PageHash{h.hash_low, h.hash_high};
 }
 
 Status PreadAll(int fd, void* buf, size_t size, uint64_t offset) {
@@ -120,7 +129,7 @@ Status PageStore::Scan() {
                     h.magic == kRecordMagic && h.stored_length <= data.size() &&
                     size - offset - sizeof h >= h.stored_length &&
                     PreadAll(fd.get(), data.data(), h.stored_length, offset + sizeof h).ok() &&
-                    RecordCheck(h, data.data()) == h.check;
+                    RecordIntact(h, data.data());
       if (!intact) {
         // Segments are fsync'd together at Sync(), so a crash can tear the tail of any segment
         // written since the last one. Older segments are never appended to again: what follows
@@ -184,13 +193,21 @@ PageStore::Location BuildRecord(const PageHash& hash, const uint8_t* page, Direc
   out.resize(at + sizeof(RecordHeader) + LZ4_COMPRESSBOUND(kPage));
   RecordHeader h{kRecordMagic, 0, hash.low, hash.high, 0, 0, 0};
   uint8_t* data = out.data() + at + sizeof h;
-  int packed = LZ4_compress_default(reinterpret_cast<const char*>(page), reinterpret_cast<char*>(data),
-                                    static_cast<int>(kPage), LZ4_COMPRESSBOUND(kPage));
+  // Most of a notebook's memory is numbers that lz4 cannot shrink, and finding that out costs
+  // a full compression pass. A probe of the page's first 1 KiB settles it for a quarter of that;
+  // a page it misjudges is merely stored raw.
+  constexpr int kProbe = 1024;
+  const int probed = LZ4_compress_default(reinterpret_cast<const char*>(page), reinterpret_cast<char*>(data),
+                                          kProbe, kProbe - kProbe / 16);
+  int packed = probed <= 0 ? 0
+                           : LZ4_compress_default(reinterpret_cast<const char*>(page), reinterpret_cast<char*>(data),
+                                                  static_cast<int>(kPage), LZ4_COMPRESSBOUND(kPage));
   if (packed > 0 && static_cast<size_t>(packed) < kPage - kPage / 16) {
     h.flags = kFlagLz4;
     h.stored_length = static_cast<uint32_t>(packed);
   } else {
     std::memcpy(data, page, kPage);
+    h.flags = kFlagRawPage;
     h.stored_length = kPage;
   }
   h.check = RecordCheck(h, data);
@@ -239,33 +256,72 @@ Status PageStore::AppendRecordsLocked(DirectIoBytes& records,
 
 Result<size_t> PageStore::PutBatch(const uint8_t* pages, size_t count, PageHash* hashes) {
   for (size_t i = 0; i < count; ++i) hashes[i] = HashPage(pages + i * kPage);
-  // Batches stay well below a segment, so a batch never straddles two.
+  // Claim the pages new to the store (in_flight_ stops a concurrent batch storing them too).
+  std::vector<size_t> fresh;
+  {
+    std::lock_guard lock(mu_);
+    for (size_t i = 0; i < count; ++i) {
+      stats_.puts++;
+      if (index_.count(hashes[i]) || !in_flight_.insert(hashes[i]).second) {
+        stats_.duplicate_puts++;
+        continue;
+      }
+      fresh.push_back(i);
+    }
+  }
+  size_t indexed = 0;  // fresh[0..indexed) are in the index; the rest still claimed
+  auto release_claims = [&] {
+    std::lock_guard lock(mu_);
+    for (size_t k = indexed; k < fresh.size(); ++k) in_flight_.erase(hashes[fresh[k]]);
+  };
+  // Records are built without the lock, so concurrent batches compress on separate cores; only
+  // the append is serialised. Batches stay well below a segment, so one never straddles two.
   constexpr size_t kMaxRecordsBytes = 4u << 20;
-  DirectIoBytes records;
+  DirectIoBytes records = TakeBuffer();
   records.reserve(kMaxRecordsBytes + sizeof(RecordHeader) + LZ4_COMPRESSBOUND(kPage) + 2 * kBlock);
+  struct GiveBack {
+    PageStore* store;
+    DirectIoBytes* buffer;
+    ~GiveBack() { store->ReturnBuffer(std::move(*buffer)); }
+  } give_back{this, &records};
   std::vector<std::pair<PageHash, Location>> added;
-  std::lock_guard lock(mu_);
   auto flush = [&]() -> Status {
-    Status st = AppendRecordsLocked(records, added);
+    std::lock_guard lock(mu_);
+    ELSA_RETURN_IF_ERROR(AppendRecordsLocked(records, added));
+    for (const auto& a : added) in_flight_.erase(a.first);
+    indexed += added.size();
     records.clear();
     added.clear();
-    return st;
+    return Status::Ok();
   };
-  std::unordered_set<PageHash, HashOf> in_batch;
-  size_t fresh = 0;
-  for (size_t i = 0; i < count; ++i) {
-    stats_.puts++;
-    const PageHash& hash = hashes[i];
-    if (index_.count(hash) || !in_batch.insert(hash).second) {
-      stats_.duplicate_puts++;
-      continue;
+  for (size_t i : fresh) {
+    added.emplace_back(hashes[i], BuildRecord(hashes[i], pages + i * kPage, records));
+    if (records.size() >= kMaxRecordsBytes) {
+      if (Status st = flush(); !st.ok()) {
+        release_claims();
+        return st;
+      }
     }
-    added.emplace_back(hash, BuildRecord(hash, pages + i * kPage, records));
-    ++fresh;
-    if (records.size() >= kMaxRecordsBytes) ELSA_RETURN_IF_ERROR(flush());
   }
-  ELSA_RETURN_IF_ERROR(flush());
-  return fresh;
+  if (Status st = flush(); !st.ok()) {
+    release_claims();
+    return st;
+  }
+  return fresh.size();
+}
+
+DirectIoBytes PageStore::TakeBuffer() {
+  std::lock_guard lock(mu_);
+  if (spare_buffers_.empty()) return {};
+  DirectIoBytes buffer = std::move(spare_buffers_.back());
+  spare_buffers_.pop_back();
+  return buffer;
+}
+
+void PageStore::ReturnBuffer(DirectIoBytes buffer) {
+  buffer.clear();
+  std::lock_guard lock(mu_);
+  if (spare_buffers_.size() < 4) spare_buffers_.push_back(std::move(buffer));
 }
 
 Result<PageHash> PageStore::Put(const uint8_t* page) {
@@ -307,6 +363,7 @@ Status PageStore::DecodeRecord(const uint8_t* record, const Location& loc, const
   RecordHeader h;
   std::memcpy(&h, record, sizeof h);
   const uint8_t* data = record + sizeof h;
+  // A raw record's bytes are checked below, against the page hash.
   if (h.magic != kRecordMagic || h.stored_length != loc.stored_length || RecordCheck(h, data) != h.check ||
       h.hash_low != hash.low || h.hash_high != hash.high)
     return Status::Corruption("page " + hash.ToHex() + " is damaged in " + SegmentPath(loc.segment));

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <deque>
 #include <future>
 #include <optional>
 #include <vector>
@@ -101,44 +102,40 @@ struct OpenImage {
   std::vector<PagemapEntry> entries;
 };
 
-// Receives pages into the store with two batches in play: while one is hashed, compressed and
-// written by a helper thread, the next arrives off the socket, so the network and the disk work
-// at once. Hashes reach their image's refs in arrival order.
+// Receives pages into the store with up to three batches in play: one arriving off the socket
+// while two are hashed, compressed and written by helper threads (PutBatch compresses outside the
+// store's lock), so the network, both cores and the disk work at once. Hashes reach their
+// image's refs in arrival order.
 class StoreIntake {
  public:
   explicit StoreIntake(PageStore& store) : store_(store) {}
   ~StoreIntake() {
-    if (in_flight_.valid()) in_flight_.wait();  // its buffers die with us
+    for (InFlight& f : in_flight_) f.done.wait();  // their buffers die with us
   }
 
   // Reads `nr_pages` pages off the socket; their hashes go to `refs` by the next Drain().
   Status Receive(int sock, uint64_t nr_pages, std::vector<PageHash>& refs, std::chrono::milliseconds idle_timeout) {
     while (nr_pages > 0) {
-      Batch& batch = batches_[next_];
-      next_ ^= 1;
+      Batch& batch = batches_[next_];  // never in flight: those are the other two
+      next_ = (next_ + 1) % kBatches;
       const uint64_t n = std::min(nr_pages, kBatchPages);
       if (batch.pages.size() < kBatchPages * kPageSize) batch.pages.resize(kBatchPages * kPageSize);
       ELSA_RETURN_IF_ERROR(RecvAll(sock, batch.pages.data(), n * kPageSize, Clock::now() + idle_timeout)
                                .WithContext("receiving page data"));
-      ELSA_RETURN_IF_ERROR(Drain());
+      if (in_flight_.size() == kBatches - 1) ELSA_RETURN_IF_ERROR(DrainOldest());
       batch.hashes.resize(n);
       batch.refs = &refs;
-      flying_ = &batch;
-      in_flight_ = std::async(std::launch::async,
-                              [this, &batch] { return store_.PutBatch(batch.pages.data(), batch.hashes.size(), batch.hashes.data()); });
+      in_flight_.push_back({&batch, std::async(std::launch::async, [this, &batch] {
+                              return store_.PutBatch(batch.pages.data(), batch.hashes.size(), batch.hashes.data());
+                            })});
       nr_pages -= n;
     }
     return Status::Ok();
   }
 
-  // Waits for the batch being stored and hands its hashes to their image.
+  // Waits for every batch being stored and hands their hashes to their images.
   Status Drain() {
-    if (!flying_) return Status::Ok();
-    Batch& batch = *flying_;
-    flying_ = nullptr;
-    ELSA_ASSIGN_OR_RETURN(size_t added, in_flight_.get());
-    fresh_ += added;
-    batch.refs->insert(batch.refs->end(), batch.hashes.begin(), batch.hashes.end());
+    while (!in_flight_.empty()) ELSA_RETURN_IF_ERROR(DrainOldest());
     return Status::Ok();
   }
 
@@ -146,16 +143,30 @@ class StoreIntake {
 
  private:
   static constexpr uint64_t kBatchPages = 256;
+  static constexpr size_t kBatches = 3;
   struct Batch {
     RawBytes pages;
     std::vector<PageHash> hashes;
     std::vector<PageHash>* refs = nullptr;
   };
+  struct InFlight {
+    Batch* batch;
+    std::future<Result<size_t>> done;
+  };
+
+  Status DrainOldest() {
+    InFlight oldest = std::move(in_flight_.front());
+    in_flight_.pop_front();
+    ELSA_ASSIGN_OR_RETURN(size_t added, oldest.done.get());
+    fresh_ += added;
+    oldest.batch->refs->insert(oldest.batch->refs->end(), oldest.batch->hashes.begin(), oldest.batch->hashes.end());
+    return Status::Ok();
+  }
+
   PageStore& store_;
-  Batch batches_[2];
-  int next_ = 0;
-  Batch* flying_ = nullptr;
-  std::future<Result<size_t>> in_flight_;
+  Batch batches_[kBatches];
+  size_t next_ = 0;
+  std::deque<InFlight> in_flight_;
   uint64_t fresh_ = 0;
 };
 

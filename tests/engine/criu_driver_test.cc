@@ -99,7 +99,9 @@ TEST_F(CriuDriverReal, DumpsAndRestoresAProcessTree) {
   TempDir dir;
   auto pipe = OutputPipe::Create();
   ASSERT_TRUE(pipe.ok());
-  auto pid = SpawnInPidNamespace({{"/bin/sh", "-c", "while :; do sleep 0.2; done"}, {"PATH=/usr/bin:/bin"}, "/"}, *pipe);
+  // Its own cwd: CRIU's parasite makes `proc.crtools` there, and parallel tests must not share it.
+  auto pid = SpawnInPidNamespace({{"/bin/sh", "-c", "while :; do sleep 0.2; done"}, {"PATH=/usr/bin:/bin"}, dir.path()},
+                                 *pipe);
   ASSERT_TRUE(pid.ok()) << pid.status().message();
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
 

@@ -77,6 +77,13 @@ inline std::string Slurp(const std::string& path) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
+// What a failed CRIU run's log says: its error lines with context, and its last lines.
+inline std::string CriuLogSummary(const std::string& path) {
+  const std::string log = Slurp(path);
+  const size_t tail = log.size() > 1500 ? log.size() - 1500 : 0;
+  return path + ":\n" + SummarizeCriuLog(log, 30) + "\n...\n" + log.substr(tail);
+}
+
 class ReceiverWithCriu : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -89,7 +96,9 @@ class ReceiverWithCriu : public ::testing::Test {
     ASSERT_TRUE(pipe.ok());
     const std::string script = "exec /usr/bin/python3 -c '" + std::string(kHolder) + "' " + (dir_ / "report") +
                                " >/dev/null 2>&1";
-    auto pid = SpawnInPidNamespace({{"/bin/sh", "-c", script}, {"PATH=/usr/bin:/bin"}, "/"}, *pipe);
+    // Its own working directory: CRIU's parasite makes `proc.crtools` in the dumped task's cwd,
+    // so two dumps of tasks sharing one (tests run in parallel) would collide.
+    auto pid = SpawnInPidNamespace({{"/bin/sh", "-c", script}, {"PATH=/usr/bin:/bin"}, dir_.path()}, *pipe);
     ASSERT_TRUE(pid.ok()) << pid.status().message();
     holder_ = *pid;
     ASSERT_TRUE(WaitForFile(dir_ / "report.ready", 30s)) << "the holder did not start";

@@ -37,7 +37,7 @@ class PagedCheckpoint : public ReceiverWithCriu {
     EXPECT_TRUE(receiver.ok()) << receiver.status().message();
     if (!receiver.ok()) return {};
     auto serving = std::async(std::launch::async, [&] { return (*receiver)->ServeOne(30s); });
-    EXPECT_EQ(DumpTo((*receiver)->port(), images, leave_running), 0) << Slurp(images + "/dump.log").substr(0, 4000);
+    EXPECT_EQ(DumpTo((*receiver)->port(), images, leave_running), 0) << CriuLogSummary(images + "/dump.log");
     auto stats = serving.get();
     EXPECT_TRUE(stats.ok()) << stats.status().message();
     return stats.ok() ? *stats : ReceiverStats{};
@@ -63,7 +63,7 @@ TEST_F(PagedCheckpoint, PagesGoIntoTheStoreAndMaterializeForRestore) {
   EXPECT_EQ(made->pages_written, stats.pages_present);
   EXPECT_EQ(made->pages_lazy, 0u);
   const pid_t restored = RestoreFrom(restore);
-  ASSERT_GT(restored, 0) << Slurp(restore + "/restore.log").substr(0, 4000);
+  ASSERT_GT(restored, 0) << CriuLogSummary(restore + "/restore.log");
   ExpectMemoryIntact(restored);
 }
 
@@ -78,7 +78,7 @@ TEST_F(PagedCheckpoint, AnUnchangedSecondDumpAddsAlmostNothing) {
   auto made = MaterializeImages(*store_, dir_ / "second", dir_ / "restore", RestoreImages::kEager);
   ASSERT_TRUE(made.ok()) << made.status().message();
   const pid_t restored = RestoreFrom(dir_ / "restore");
-  ASSERT_GT(restored, 0) << Slurp(dir_ / "restore/restore.log").substr(0, 4000);
+  ASSERT_GT(restored, 0) << CriuLogSummary(dir_ / "restore/restore.log");
   ExpectMemoryIntact(restored);
 }
 
@@ -103,16 +103,16 @@ TEST_F(PagedCheckpoint, LazyRestoreFaultsPagesInFromOurLazyServer) {
   ASSERT_TRUE(WaitForFile(restore + "/lazy-pages.socket", 30s)) << Slurp(restore + "/lazy-pages.log");
 
   const pid_t restored = RestoreFrom(restore, {"--lazy-pages", "-W", restore});
-  ASSERT_GT(restored, 0) << Slurp(restore + "/restore.log").substr(0, 4000);
+  ASSERT_GT(restored, 0) << CriuLogSummary(restore + "/restore.log");
   ExpectMemoryIntact(restored);
 
   auto served = serving.get();
-  ASSERT_TRUE(served.ok()) << served.status().message() << "\n" << Slurp(restore + "/lazy-pages.log").substr(0, 3000);
+  ASSERT_TRUE(served.ok()) << served.status().message() << "\n" << CriuLogSummary(restore + "/lazy-pages.log");
   EXPECT_EQ(served->pages_served, made->pages_lazy) << "every lazy page, each once";
   EXPECT_GT(served->requests, 0u);
   auto exit = daemon->WaitFor(30s);
   ASSERT_TRUE(exit.ok()) << exit.status().message();
-  EXPECT_EQ(*exit, 0) << DescribeWaitStatus(*exit) << "\n" << Slurp(restore + "/lazy-pages.log").substr(0, 3000);
+  EXPECT_EQ(*exit, 0) << DescribeWaitStatus(*exit) << "\n" << CriuLogSummary(restore + "/lazy-pages.log");
 }
 
 // A hand-driven client breaking the lazy protocol; the server ends that connection, then serves

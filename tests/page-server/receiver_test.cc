@@ -33,14 +33,14 @@ TEST_F(ReceiverWithCriu, ADumpIntoOurReceiverRestoresWithItsMemoryIntact) {
   auto receiver = PageReceiver::Listen("127.0.0.1", 0, images);
   ASSERT_TRUE(receiver.ok()) << receiver.status().message();
   auto serving = std::async(std::launch::async, [&] { return (*receiver)->ServeOne(30s); });
-  ASSERT_EQ(DumpTo((*receiver)->port(), images, false), 0) << Slurp(images + "/dump.log").substr(0, 4000);
+  ASSERT_EQ(DumpTo((*receiver)->port(), images, false), 0) << CriuLogSummary(images + "/dump.log");
   auto stats = serving.get();
   ASSERT_TRUE(stats.ok()) << stats.status().message();
   EXPECT_GE(stats->pages_present, 12u * 1024) << "48 MiB of data at least";
   EXPECT_GE(stats->pagemaps, 1u);
   HolderGone();
   const pid_t restored = RestoreFrom(images);
-  ASSERT_GT(restored, 0) << Slurp(images + "/restore.log").substr(0, 4000);
+  ASSERT_GT(restored, 0) << CriuLogSummary(images + "/restore.log");
   ExpectMemoryIntact(restored);
 }
 
@@ -61,7 +61,7 @@ TEST_F(ReceiverWithCriu, WritesWhatCriuPageServerWrites) {
     ::_exit(127);
   }
   std::this_thread::sleep_for(300ms);
-  ASSERT_EQ(DumpTo(their_port, theirs, true), 0) << Slurp(theirs + "/dump.log").substr(0, 3000);
+  ASSERT_EQ(DumpTo(their_port, theirs, true), 0) << CriuLogSummary(theirs + "/dump.log");
   int status;
   ::waitpid(server, &status, 0);
 

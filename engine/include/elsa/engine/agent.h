@@ -150,6 +150,7 @@ class Agent {
   std::unique_ptr<CheckpointPages> pages_;
 
   mutable std::mutex mu_;
+  std::mutex dump_mu_;  // serialises CRIU dumps (see Checkpoint)
   std::condition_variable exited_cv_;
   std::map<std::string, std::unique_ptr<Session>> sessions_;
   std::set<std::string> reserved_names_;  // names being restored into

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "elsa/status.h"
@@ -84,6 +85,8 @@ class PageStore {
   std::string SegmentPath(uint32_t number) const;
   static Result<UniqueFd> OpenForAppend(const std::string& path, int create_flags);
   Status SyncLocked();
+  DirectIoBytes TakeBuffer();
+  void ReturnBuffer(DirectIoBytes buffer);
   Status AppendLocked(const PageHash& hash, const uint8_t* page);
   // Appends already-built records (see AppendLocked) with one write; indexes them.
   // Pads them to whole blocks first (see kBlock in page_store.cc).
@@ -98,6 +101,9 @@ class PageStore {
   mutable std::mutex mu_;
   std::unordered_map<PageHash, Location, HashOf> index_;
   const uint64_t segment_bytes_;
+  std::unordered_set<PageHash, HashOf> in_flight_;  // claimed by a PutBatch, not yet indexed
+  // Record buffers kept between batches: a fresh 4 MiB each time costs a page fault per page.
+  std::vector<DirectIoBytes> spare_buffers_;
   std::vector<uint32_t> segments_;  // numbers, ascending
   UniqueFd active_;                 // the newest segment, appended to
   std::vector<UniqueFd> sealed_unsynced_;  // older segments written since the last Sync
