@@ -32,7 +32,7 @@ struct UninitializedAllocator : std::allocator<T> {
   }
   void deallocate(T* p, size_t n) noexcept {
     if constexpr (Alignment > __STDCPP_DEFAULT_NEW_ALIGNMENT__)
-      ::operator delete(p, n * sizeof(T), std::align_val_t{Alignment});
+      ::operator delete(p, std::align_val_t{Alignment});  // unsized: clang needs -fsized-deallocation otherwise
     else
       std::allocator<T>::deallocate(p, n);
   }
