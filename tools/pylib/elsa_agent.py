@@ -35,8 +35,12 @@ def _nft_tables():
 class ElsaAgent:
     """A private elsad (own socket and state directory) and a CLI bound to it."""
 
-    def __init__(self, bin_dir, criu_prefix=None, env=None, keep_state=False):
+    def __init__(self, bin_dir, criu_prefix=None, env=None, keep_state=False, netns=None, extra_args=()):
+        """`netns`: run the agent (and so its sessions) inside that network namespace, as on one of
+        SimulatedHosts' hosts; `extra_args` go to elsad."""
         self.bin_dir = bin_dir
+        self.netns = netns
+        self.extra_args = list(extra_args)
         self.root = tempfile.mkdtemp(prefix="elsa-")
         self.socket = os.path.join(self.root, "elsad.sock")
         self.state_dir = os.path.join(self.root, "state")
@@ -51,6 +55,9 @@ class ElsaAgent:
         cmd = [os.path.join(self.bin_dir, "elsad"), "--socket", self.socket, "--state-dir", self.state_dir]
         if self.criu_prefix is not None:
             cmd += ["--criu-prefix", self.criu_prefix]
+        cmd += self.extra_args
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns] + cmd  # ip execs elsad: same pid
         os.makedirs(self.state_dir, exist_ok=True)
         self.log_path = os.path.join(self.root, "elsad.log")
         log = open(self.log_path, "ab")
