@@ -97,19 +97,19 @@ class PageCopier {
 struct OpenImage {
   ImageTarget target;
   uint32_t pages_id = 0;
-  UniqueFd pages;                // without a store
-  std::vector<PageHash> refs;    // with a store
+  UniqueFd pages;                // without a sink
+  std::vector<PageHash> refs;    // with a sink
   std::vector<PagemapEntry> entries;
 };
 
-// Receives pages into the store with up to three batches in play: one arriving off the socket
-// while two are hashed, compressed and written by helper threads (PutBatch compresses outside the
-// store's lock), so the network, both cores and the disk work at once. Hashes reach their
+// Receives pages into the sink with up to three batches in play: one arriving off the socket
+// while two are taken in by helper threads (a store compresses outside its lock), so the
+// network, both cores and the disk work at once. Hashes reach their
 // image's refs in arrival order.
-class StoreIntake {
+class SinkIntake {
  public:
-  explicit StoreIntake(PageStore& store) : store_(store) {}
-  ~StoreIntake() {
+  explicit SinkIntake(PageSink& sink) : sink_(sink) {}
+  ~SinkIntake() {
     for (InFlight& f : in_flight_) f.done.wait();  // their buffers die with us
   }
 
@@ -126,14 +126,14 @@ class StoreIntake {
       batch.hashes.resize(n);
       batch.refs = &refs;
       in_flight_.push_back({&batch, std::async(std::launch::async, [this, &batch] {
-                              return store_.PutBatch(batch.pages.data(), batch.hashes.size(), batch.hashes.data());
+                              return sink_.PutBatch(batch.pages.data(), batch.hashes.size(), batch.hashes.data());
                             })});
       nr_pages -= n;
     }
     return Status::Ok();
   }
 
-  // Waits for every batch being stored and hands their hashes to their images.
+  // Waits for every batch being taken in and hands their hashes to their images.
   Status Drain() {
     while (!in_flight_.empty()) ELSA_RETURN_IF_ERROR(DrainOldest());
     return Status::Ok();
@@ -163,7 +163,7 @@ class StoreIntake {
     return Status::Ok();
   }
 
-  PageStore& store_;
+  PageSink& sink_;
   Batch batches_[kBatches];
   size_t next_ = 0;
   std::deque<InFlight> in_flight_;
@@ -205,19 +205,19 @@ Status SyncAll(std::vector<UniqueFd>& files) {
 
 }  // namespace
 
-PageReceiver::PageReceiver(UniqueFd listen_fd, uint16_t port, UniqueFd images_dir, PageStore* store)
+PageReceiver::PageReceiver(UniqueFd listen_fd, uint16_t port, UniqueFd images_dir, PageSink* sink)
     : listen_fd_(std::move(listen_fd)),
       port_(port),
       dir_(std::move(images_dir)),
       next_pages_id_(kFirstPagesId),
-      store_(store) {}
+      sink_(sink) {}
 
 Result<std::unique_ptr<PageReceiver>> PageReceiver::Listen(const std::string& address, uint16_t port,
-                                                           const std::string& images_dir, PageStore* store) {
+                                                           const std::string& images_dir, PageSink* sink) {
   ELSA_ASSIGN_OR_RETURN(UniqueFd dir, OpenDirectory(images_dir));
   uint16_t bound = 0;
   ELSA_ASSIGN_OR_RETURN(UniqueFd fd, ListenOn(address, port, &bound));
-  return std::make_unique<PageReceiver>(std::move(fd), bound, std::move(dir), store);
+  return std::make_unique<PageReceiver>(std::move(fd), bound, std::move(dir), sink);
 }
 
 Result<ReceiverStats> PageReceiver::ServeOne(std::chrono::milliseconds accept_timeout,
@@ -230,8 +230,8 @@ Result<ReceiverStats> PageReceiver::ServeOne(std::chrono::milliseconds accept_ti
   std::optional<OpenImage> current;
   std::vector<UniqueFd> unsynced;
 
-  std::optional<StoreIntake> intake;
-  if (store_) intake.emplace(*store_);
+  std::optional<SinkIntake> intake;
+  if (sink_) intake.emplace(*sink_);
   auto finish_current = [&]() -> Status {
     if (!current) return Status::Ok();
     if (intake) ELSA_RETURN_IF_ERROR(intake->Drain());
@@ -243,7 +243,7 @@ Result<ReceiverStats> PageReceiver::ServeOne(std::chrono::milliseconds accept_ti
     current.emplace();
     current->target = target;
     current->pages_id = next_pages_id_++;
-    if (!store_) {
+    if (!sink_) {
       ELSA_ASSIGN_OR_RETURN(current->pages, CreateAt(dir_.get(), PagesFileName(current->pages_id)));
     }
     stats.pagemaps++;
@@ -296,7 +296,7 @@ Result<ReceiverStats> PageReceiver::ServeOne(std::chrono::milliseconds accept_ti
         ELSA_ASSIGN_OR_RETURN(ImageTarget target, DecodeDstId(req.dst_id));
         if (!current || !(current->target == target)) ELSA_RETURN_IF_ERROR(open(target));  // old CRIUs: no OPEN
         current->entries.push_back({req.vaddr, req.nr_pages, flags});
-        if ((flags & kPePresent) && store_) {
+        if ((flags & kPePresent) && sink_) {
           ELSA_RETURN_IF_ERROR(intake->Receive(sock.get(), req.nr_pages, current->refs, idle_timeout));
           stats.pages_present += req.nr_pages;
         } else if (flags & kPePresent) {

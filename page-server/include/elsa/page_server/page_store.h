@@ -38,7 +38,16 @@ struct PageStoreStats {
   double dedup_ratio() const { return unique_pages ? static_cast<double>(puts) / static_cast<double>(unique_pages) : 1; }
 };
 
-class PageStore {
+// Where a receiver's pages go: into a store, or (for a migration) on to where they are needed.
+class PageSink {
+ public:
+  virtual ~PageSink() = default;
+  // Takes `count` consecutive 4 KiB pages; their hashes go to `hashes`. Returns how many were
+  // new to the sink. Safe to call from several threads at once.
+  virtual Result<size_t> PutBatch(const uint8_t* pages, size_t count, PageHash* hashes) = 0;
+};
+
+class PageStore : public PageSink {
  public:
   static constexpr uint64_t kSegmentBytes = 256u << 20;
 
@@ -51,7 +60,7 @@ class PageStore {
   Result<PageHash> Put(const uint8_t* page);
   // Stores `count` consecutive pages the same way, with one write for all the new ones; their
   // hashes go to `hashes`. Returns how many were new to the store.
-  Result<size_t> PutBatch(const uint8_t* pages, size_t count, PageHash* hashes);
+  Result<size_t> PutBatch(const uint8_t* pages, size_t count, PageHash* hashes) override;
   // Reads a page into `out` (4096 bytes), verifying its record. NotFound or Corruption.
   Status Get(const PageHash& hash, uint8_t* out) const;
   // Reads `count` pages into `out` (count * 4096 bytes) the same way; records that lie back to

@@ -28,10 +28,11 @@ struct ReceiverStats {
 
 class PageReceiver {
  public:
-  // Listens on address:port (port 0: any; see port()) and writes into `images_dir`; page bytes
-  // go into `store` when one is given (it must outlive the receiver).
+  // Listens on address:port (port 0: any; see port()) and writes into `images_dir`. Page bytes
+  // go to `sink` when one is given (it must outlive the receiver), and each pagemap gets a refs
+  // file naming its pages by hash instead of a pages image.
   static Result<std::unique_ptr<PageReceiver>> Listen(const std::string& address, uint16_t port,
-                                                      const std::string& images_dir, PageStore* store = nullptr);
+                                                      const std::string& images_dir, PageSink* sink = nullptr);
   uint16_t port() const { return port_; }
 
   // Serves one connection to its CLOSE, as `criu page-server` does. A connection that breaks
@@ -39,14 +40,14 @@ class PageReceiver {
   Result<ReceiverStats> ServeOne(std::chrono::milliseconds accept_timeout,
                                  std::chrono::milliseconds idle_timeout = std::chrono::minutes(5));
 
-  PageReceiver(UniqueFd listen_fd, uint16_t port, UniqueFd images_dir, PageStore* store);
+  PageReceiver(UniqueFd listen_fd, uint16_t port, UniqueFd images_dir, PageSink* sink);
 
  private:
   UniqueFd listen_fd_;
   uint16_t port_;
   UniqueFd dir_;
   uint32_t next_pages_id_;
-  PageStore* store_;
+  PageSink* sink_;
 };
 
 }  // namespace elsa::page_server
