@@ -19,19 +19,6 @@ using Clock = std::chrono::steady_clock;
 
 double SecondsSince(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-std::string NewCheckpointId(const std::string& session_name) {
-  auto now = std::chrono::system_clock::now();
-  std::time_t t = std::chrono::system_clock::to_time_t(now);
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "-%04d%02d%02d-%02d%02d%02d-%03lld", tm.tm_year + 1900, tm.tm_mon + 1,
-                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<long long>(ms));
-  // Ids are bounded at 128 characters; the session name is at most 128, so trim it.
-  return session_name.substr(0, 100) + buf;
-}
-
 void Report(const ProgressFn& progress, const std::string& phase, const std::string& detail) {
   if (progress) progress(phase, detail);
 }
@@ -211,27 +198,56 @@ Status Agent::Stop(const std::string& name, int timeout_s) {
   return Status::Ok();
 }
 
+Result<std::pair<SessionInfo, uint64_t>> Agent::ClaimRunning(const std::string& name) {
+  std::lock_guard lock(mu_);
+  Session* s = FindLocked(name);
+  if (!s) return Status::NotFound("no session named '" + name + "' (`elsa ps` lists sessions)");
+  if (s->info.state != "running")
+    return Status::FailedPrecondition("session '" + name + "' is " + s->info.state + ", not running");
+  if (s->busy) return Status::FailedPrecondition("session '" + name + "' is busy (a checkpoint or migration)");
+  s->busy = true;
+  return std::make_pair(s->info, s->serial);
+}
+
+Status Agent::ReserveName(const std::string& name) {
+  std::lock_guard lock(mu_);
+  Session* s = FindLocked(name);
+  if ((s && s->info.state == "running") || reserved_names_.count(name))
+    return Status::AlreadyExists("a session named '" + name + "' is running on this host");
+  reserved_names_.insert(name);
+  return Status::Ok();
+}
+
+void Agent::ReleaseName(const std::string& name) {
+  std::lock_guard lock(mu_);
+  reserved_names_.erase(name);
+}
+
+void Agent::ClearBusy(uint64_t serial) {
+  std::lock_guard lock(mu_);
+  for (auto& [n, s] : sessions_)
+    if (s->serial == serial) s->busy = false;
+}
+
+void Agent::ForgetAfterExit(uint64_t serial, int timeout_s) {
+  std::unique_ptr<Session> forgotten;  // destroyed outside the lock: its supervisor takes it
+  std::unique_lock lock(mu_);
+  if (!WaitForExit(lock, serial, timeout_s)) std::fprintf(stderr, "elsad: a migrated tree was not reaped in time\n");
+  for (auto it = sessions_.begin(); it != sessions_.end(); ++it)
+    if (it->second->serial == serial) {
+      forgotten = std::move(it->second);
+      sessions_.erase(it);
+      break;
+    }
+  lock.unlock();
+}
+
 Result<CheckpointReport> Agent::Checkpoint(const std::string& name, bool leave_running, const ProgressFn& progress) {
   ELSA_RETURN_IF_ERROR(ValidateIdentifier("session name", name));
   const auto start = Clock::now();
-  SessionInfo info;
-  uint64_t serial;
-  {
-    std::lock_guard lock(mu_);
-    Session* s = FindLocked(name);
-    if (!s) return Status::NotFound("no session named '" + name + "' (`elsa ps` lists sessions)");
-    if (s->info.state != "running")
-      return Status::FailedPrecondition("session '" + name + "' is " + s->info.state + ", not running");
-    if (s->busy) return Status::FailedPrecondition("session '" + name + "' is already being checkpointed");
-    s->busy = true;
-    info = s->info;
-    serial = s->serial;
-  }
-  auto clear_busy = [&] {
-    std::lock_guard lock(mu_);
-    for (auto& [n, s] : sessions_)
-      if (s->serial == serial) s->busy = false;
-  };
+  ELSA_ASSIGN_OR_RETURN(auto claimed, ClaimRunning(name));
+  const SessionInfo info = claimed.first;  // not a structured binding: lambdas below capture it
+  const uint64_t serial = claimed.second;
 
   auto report = [&]() -> Result<CheckpointReport> {
     ELSA_ASSIGN_OR_RETURN(std::string criu_binary, CriuBinary());
@@ -257,7 +273,12 @@ Result<CheckpointReport> Agent::Checkpoint(const std::string& name, bool leave_r
     Report(progress, "dump", "freezing and dumping pid " + std::to_string(info.pid) + " with CRIU " + criu_version +
                                  ", pages into the page store");
     ELSA_ASSIGN_OR_RETURN(std::unique_ptr<PageIntake> intake, pages_->StartIntake(pending.dir()));
-    CriuDumpRequest dump{info.pid, dir_fd.get(), dir_fd.get(), leave_running, intake->address(), intake->port()};
+    CriuDumpRequest dump;
+    dump.pid = info.pid;
+    dump.images_dir_fd = dump.work_dir_fd = dir_fd.get();
+    dump.leave_running = leave_running;
+    dump.page_server_address = intake->address();
+    dump.page_server_port = intake->port();
     Result<CriuOutcome> dumped = [&] {
       // One CRIU dump at a time: CRIU's parasite mounts /proc at `proc.crtools` in each dumped
       // task's working directory, so two dumps of tasks sharing a directory fail with EEXIST.
@@ -308,7 +329,7 @@ Result<CheckpointReport> Agent::Checkpoint(const std::string& name, bool leave_r
     }
     return out;
   }();
-  clear_busy();
+  ClearBusy(serial);
   if (!report.ok()) return report.status().WithContext("checkpoint of session '" + name + "'");
   return report;
 }
@@ -322,17 +343,8 @@ Result<RestoreReport> Agent::Restore(const std::string& checkpoint_id, const Res
   if (options.lazy && !manifest.pages_in_store)
     return Status::InvalidArgument("checkpoint " + checkpoint_id +
                                    " predates the page store (its pages are files); restore it without --lazy");
-  {
-    std::lock_guard lock(mu_);
-    Session* s = FindLocked(name);
-    if ((s && s->info.state == "running") || reserved_names_.count(name))
-      return Status::AlreadyExists("a session named '" + name + "' is running; restore under another name with --name");
-    reserved_names_.insert(name);
-  }
-  auto release_name = [&] {
-    std::lock_guard lock(mu_);
-    reserved_names_.erase(name);
-  };
+  ELSA_RETURN_IF_ERROR(ReserveName(name).WithContext("restore under another name with --name"));
+  auto release_name = [&] { ReleaseName(name); };
 
   std::unique_ptr<Session> replaced;
   auto report = [&]() -> Result<RestoreReport> {

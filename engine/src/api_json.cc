@@ -95,4 +95,25 @@ Status StatusFromErrorJson(const json& error) {
   return Status(c, message);
 }
 
+json ToJson(const MigrateReport& r) {
+  json rounds = json::array();
+  for (const auto& round : r.rounds)
+    rounds.push_back({{"pages_scanned", round.pages_scanned}, {"pages_sent", round.pages_sent}, {"seconds", round.seconds}});
+  return {{"session", r.session},
+          {"destination", r.destination},
+          {"address", r.address},
+          {"mode", r.mode},
+          {"checkpoint", r.checkpoint_id},
+          {"pid", r.pid},
+          {"downtime_seconds", r.downtime_seconds},
+          {"total_seconds", r.total_seconds},
+          {"phases", {{"precopy_seconds", r.precopy_seconds},
+                      {"dump_seconds", r.dump_seconds},
+                      {"transfer_seconds", r.transfer_seconds},
+                      {"restore_seconds", r.restore_seconds}}},
+          {"precopy_rounds", rounds},
+          {"bytes", {{"precopy", r.bytes_precopy}, {"stop", r.bytes_stop}, {"wire", r.wire_bytes}}},
+          {"pages", {{"dumped", r.pages_dumped}, {"deduplicated", r.pages_deduplicated}, {"lazy", r.pages_lazy}}}};
+}
+
 }  // namespace elsa

@@ -85,6 +85,14 @@ json ExecuteRequest(Agent& agent, const ApiRequest& req, const EventFn& emit) {
     auto report = agent.Restore(req.checkpoint, {req.name, req.lazy}, progress);
     return report.ok() ? Ok(ToJson(*report)) : ErrorJson(report.status());
   }
+  if (o == "migrate") {
+    MigrateOptions options;
+    options.to = req.to;
+    options.mode = req.mode;
+    options.max_downtime_ms = req.max_downtime_ms;
+    auto report = agent.Migrate(req.name, options, progress);
+    return report.ok() ? Ok(ToJson(*report)) : ErrorJson(report.status());
+  }
   if (o == "rm") {
     auto collected = agent.RemoveCheckpoint(req.checkpoint);
     if (!collected.ok()) return ErrorJson(collected.status());
@@ -174,6 +182,15 @@ Result<ApiRequest> ParseApiRequest(std::string_view line) {
     ELSA_RETURN_IF_ERROR(ReadField(j, "leave_running", &req.leave_running));
     if (req.timeout_seconds < 0 || req.timeout_seconds > 3600)
       return Status::InvalidArgument("timeout_seconds must be between 0 and 3600");
+    return req;
+  }
+  if (o == "migrate") {
+    ELSA_RETURN_IF_ERROR(ReadField(j, "name", &req.name, true));
+    ELSA_RETURN_IF_ERROR(ReadField(j, "to", &req.to, true));
+    ELSA_RETURN_IF_ERROR(ReadField(j, "mode", &req.mode));
+    ELSA_RETURN_IF_ERROR(ReadField(j, "max_downtime_ms", &req.max_downtime_ms));
+    if (req.max_downtime_ms < 1 || req.max_downtime_ms > 600000)
+      return Status::InvalidArgument("max_downtime_ms must be between 1 and 600000");
     return req;
   }
   if (o == "restore" || o == "rm" || o == "verify") {

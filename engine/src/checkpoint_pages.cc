@@ -48,11 +48,12 @@ Result<page_server::ReceiverStats> PageIntake::Finish(bool dump_succeeded) {
   return serving_.get();
 }
 
-Result<std::unique_ptr<PageIntake>> CheckpointPages::StartIntake(const std::string& checkpoint_dir) {
+Result<std::unique_ptr<PageIntake>> CheckpointPages::StartIntake(const std::string& checkpoint_dir,
+                                                                  page_server::PageSink* sink) {
   auto intake = std::make_unique<PageIntake>();
   intake->hold_ = std::shared_lock(collect_mu_);
-  ELSA_ASSIGN_OR_RETURN(intake->receiver_,
-                        page_server::PageReceiver::Listen(intake->address_, 0, checkpoint_dir, store_.get()));
+  ELSA_ASSIGN_OR_RETURN(intake->receiver_, page_server::PageReceiver::Listen(intake->address_, 0, checkpoint_dir,
+                                                                              sink ? sink : store_.get()));
   intake->port_ = intake->receiver_->port();
   // CRIU connects as its dump begins; a dump that fails before that is ended by Finish(false).
   intake->serving_ = std::async(std::launch::async, [r = intake->receiver_.get()] { return r->ServeOne(10min); });
@@ -60,6 +61,12 @@ Result<std::unique_ptr<PageIntake>> CheckpointPages::StartIntake(const std::stri
 }
 
 Status CheckpointPages::Sync() { return store_->Sync(); }
+
+Result<size_t> CheckpointPages::Put(const uint8_t* pages, size_t count) {
+  std::shared_lock hold(collect_mu_);
+  std::vector<PageHash> hashes(count);
+  return store_->PutBatch(pages, count, hashes.data());
+}
 
 Status CheckpointPages::VerifyPages(const std::string& checkpoint_dir, bool read_every_page) const {
   ELSA_ASSIGN_OR_RETURN(auto images, page_server::LoadPagedImages(checkpoint_dir));

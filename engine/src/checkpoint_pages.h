@@ -65,8 +65,12 @@ class CheckpointPages {
  public:
   static Result<std::unique_ptr<CheckpointPages>> Open(const std::string& dir);
 
-  // A dump's pages arriving through our receiver into the store.
-  Result<std::unique_ptr<PageIntake>> StartIntake(const std::string& checkpoint_dir);
+  // A dump's pages arriving through our receiver into the store (or into `sink`, e.g. on to
+  // another host; refs files are written either way).
+  Result<std::unique_ptr<PageIntake>> StartIntake(const std::string& checkpoint_dir,
+                                                  page_server::PageSink* sink = nullptr);
+  // Stores pages that arrived otherwise (a migration's pre-copy). Returns how many were new.
+  Result<size_t> Put(const uint8_t* pages, size_t count);
 
   // Makes every page taken in so far durable (before a checkpoint is committed).
   Status Sync();

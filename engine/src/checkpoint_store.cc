@@ -1,5 +1,7 @@
 #include "elsa/engine/checkpoint_store.h"
 
+#include <chrono>
+#include <ctime>
 #include <dirent.h>
 #include <sys/stat.h>
 
@@ -161,5 +163,19 @@ Status CheckpointStore::Remove(const std::string& id) {
   if (::rename(dir.c_str(), trash.c_str()) != 0) return Status::FromErrno("rename " + dir, errno);
   return RemoveTree(trash);
 }
+
+std::string NewCheckpointId(const std::string& session_name) {
+  auto now = std::chrono::system_clock::now();
+  std::time_t t = std::chrono::system_clock::to_time_t(now);
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "-%04d%02d%02d-%02d%02d%02d-%03lld", tm.tm_year + 1900, tm.tm_mon + 1,
+                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<long long>(ms));
+  // Ids are bounded at 128 characters; the session name is at most 128, so trim it.
+  return session_name.substr(0, 100) + buf;
+}
+
 
 }  // namespace elsa

@@ -21,6 +21,7 @@ criu_req BuildDumpRequest(const CriuDumpRequest& request) {
   opts->set_work_dir_fd(request.work_dir_fd);
   opts->set_pid(request.pid);
   opts->set_leave_running(request.leave_running);
+  if (request.leave_stopped) opts->set_leave_stopped(true);
   if (request.page_server_port != 0) {
     criu_page_server_info* ps = opts->mutable_ps();
     ps->set_address(request.page_server_address);

@@ -138,8 +138,20 @@ int main(int argc, char** argv) {
   verify->add_option("checkpoint", checkpoint_id, "checkpoint id")->required();
   auto* gc = app.add_subcommand("gc", "reclaim page-store space no checkpoint uses");
   auto* agent = app.add_subcommand("agent", "show the agent's status (socket, state directory, CRIU, page store)");
+  std::string to, mode = "hybrid";
+  int max_downtime_ms = 150;
+  auto* migrate = app.add_subcommand("migrate", "move a running session to another host's agent, live");
+  migrate->add_option("name", name, "session name")->required();
+  migrate->add_option("--to", to, "the destination agent: HOST[:PORT] (its elsad --listen; port 7077)")->required();
+  migrate->add_option("--mode", mode,
+                      "precopy: pages copied while it runs, then restored on the destination; hybrid: the same, "
+                      "restored lazily from the destination's store (shorter downtime)")
+      ->check(CLI::IsMember({"precopy", "hybrid"}))
+      ->capture_default_str();
+  migrate->add_option("--max-downtime", max_downtime_ms, "pre-copy until what is left fits in this (ms)")
+      ->capture_default_str();
 
-  for (auto* sub : {run, ps, stop, logs, cp, restore, list, rm, verify, gc, agent})
+  for (auto* sub : {run, ps, stop, logs, cp, restore, list, rm, verify, gc, agent, migrate})
     sub->add_flag("--json", json_out, "print machine-readable JSON");
   CLI11_PARSE(app, argc, argv);
 
@@ -222,6 +234,24 @@ int main(int argc, char** argv) {
     cli.json_output() ? cli.PrintJson(m)
                : (void)std::printf("checkpoint %s is intact: %zu files, %s\n", checkpoint_id.c_str(),
                                    m["files"].get<size_t>(), HumanBytes(m["size_bytes"].get<double>()).c_str());
+  } else if (*migrate) {
+    json r = cli.Call({{"op", "migrate"}, {"name", name}, {"to", to}, {"mode", mode}, {"max_downtime_ms", max_downtime_ms}});
+    if (cli.json_output()) {
+      cli.PrintJson(r);
+    } else {
+      const json& ph = r["phases"];
+      std::printf("session %s now runs on %s (pid %d there), answering at %s\n"
+                  "  downtime %.3f s (freeze to running); total %.3f s\n"
+                  "  pre-copy %.3f s in %zu rounds, %s; dump %.3f s, transfer %.3f s, restore %.3f s\n"
+                  "  while frozen: %s sent; %llu of %llu dumped pages were already there\n",
+                  name.c_str(), r["destination"].get<std::string>().c_str(), r["pid"].get<int>(),
+                  r["address"].get<std::string>().c_str(), r["downtime_seconds"].get<double>(),
+                  r["total_seconds"].get<double>(), ph["precopy_seconds"].get<double>(), r["precopy_rounds"].size(),
+                  HumanBytes(r["bytes"]["precopy"].get<double>()).c_str(), ph["dump_seconds"].get<double>(),
+                  ph["transfer_seconds"].get<double>(), ph["restore_seconds"].get<double>(),
+                  HumanBytes(r["bytes"]["stop"].get<double>()).c_str(),
+                  r["pages"]["deduplicated"].get<unsigned long long>(), r["pages"]["dumped"].get<unsigned long long>());
+    }
   } else if (*agent) {
     json v = cli.Call({{"op", "version"}});
     if (cli.json_output()) {

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "elsa/engine/agent.h"
+#include "elsa/engine/peer_server.h"
 #include "elsa/engine/api.h"
 #include "elsa/file_util.h"
 
@@ -67,11 +68,30 @@ int main(int argc, char** argv) {
   app.add_option("--criu", config.criu.explicit_binary, "CRIU binary to use (default: $ELSA_CRIU, the bootstrap's build, then PATH)");
   app.add_option("--criu-prefix", config.criu.prefix, "prefix holding sbin/criu, as built by tools/bootstrap")->capture_default_str();
   app.add_flag("--daemon", daemon, "run in the background, logging to STATE_DIR/elsad.log");
+  std::string listen, secret_file;
+  app.add_option("--listen", listen, "HOST[:PORT] where other agents reach this one for migrations (port 7077)");
+  app.add_option("--peer-secret-file", secret_file,
+                 "file holding the secret shared by every agent (needed to migrate, to or from here)");
+  app.add_option("--peer-transport", config.peer_backend, "tcp or uring, between agents")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   if (::geteuid() != 0) {
     std::fprintf(stderr, "elsad: must run as root (CRIU needs it); try: sudo %s\n", argv[0]);
     return 1;
+  }
+  if (!secret_file.empty()) {
+    auto secret = elsa::ReadFile(secret_file, 4096);
+    if (!secret.ok()) {
+      std::fprintf(stderr, "elsad: %s\n", secret.status().message().c_str());
+      return 1;
+    }
+    config.peer_secret = *secret;
+    while (!config.peer_secret.empty() && (config.peer_secret.back() == '\n' || config.peer_secret.back() == '\r'))
+      config.peer_secret.pop_back();
+    if (config.peer_secret.size() < 16) {
+      std::fprintf(stderr, "elsad: the peer secret in %s is shorter than 16 characters\n", secret_file.c_str());
+      return 1;
+    }
   }
   int ready_fd = -1;
   if (daemon) {
@@ -108,6 +128,16 @@ int main(int argc, char** argv) {
   if (elsa::Status s = server.Listen(); !s.ok()) {
     std::fprintf(stderr, "elsad: %s\n", s.message().c_str());
     return 1;
+  }
+  std::unique_ptr<elsa::PeerServer> peers;
+  if (!listen.empty()) {
+    auto started = elsa::PeerServer::Start(agent, listen);
+    if (!started.ok()) {
+      std::fprintf(stderr, "elsad: --listen %s: %s\n", listen.c_str(), started.status().message().c_str());
+      return 1;
+    }
+    peers = std::move(*started);
+    std::fprintf(stderr, "elsad: other agents reach this one at %s (port %u)\n", listen.c_str(), peers->port());
   }
   std::fprintf(stderr, "elsad: serving %s, state in %s\n", socket_path.c_str(), config.state_dir.c_str());
   if (ready_fd >= 0) {

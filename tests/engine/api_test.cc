@@ -10,6 +10,12 @@
 namespace elsa {
 namespace {
 
+AgentConfig ConfigFor(const std::string& state_dir) {
+  AgentConfig config;
+  config.state_dir = state_dir;
+  return config;
+}
+
 using nlohmann::json;
 using testing::TempDir;
 
@@ -21,7 +27,7 @@ std::string ErrorCode(const json& reply) { return reply["error"]["code"].get<std
 
 TEST(Api, HostileRequestsGetErrorsNotCrashes) {
   TempDir dir;
-  Agent agent({dir / "state", {}});
+  Agent agent(ConfigFor(dir / "state"));
   ASSERT_TRUE(agent.Open().ok());
   EXPECT_EQ(ErrorCode(Handle(agent, "")), "invalid_argument");
   EXPECT_EQ(ErrorCode(Handle(agent, "{not json")), "invalid_argument");
@@ -40,7 +46,7 @@ TEST(Api, HostileRequestsGetErrorsNotCrashes) {
 TEST(Api, ServesRunPsAndStopOverTheSocket) {
   ELSA_REQUIRE_ROOT();
   TempDir dir;
-  Agent agent({dir / "state", {}});
+  Agent agent(ConfigFor(dir / "state"));
   ASSERT_TRUE(agent.Open().ok());
   ApiServer server(agent, dir / "run/elsad.sock");
   ASSERT_TRUE(server.Listen().ok());
@@ -68,7 +74,7 @@ TEST(Api, ServesRunPsAndStopOverTheSocket) {
   EXPECT_TRUE(CallAgent(sock, {{"op", "ps"}})->empty());
 
   // A second agent refuses to take over a live socket.
-  Agent other({dir / "state2", {}});
+  Agent other(ConfigFor(dir / "state2"));
   ASSERT_TRUE(other.Open().ok());
   ApiServer second(other, sock);
   EXPECT_EQ(second.Listen().code(), StatusCode::kAlreadyExists);

@@ -19,6 +19,7 @@
 #include "elsa/engine/criu_driver.h"
 #include "elsa/engine/manifest.h"
 #include "elsa/status.h"
+#include "elsa/transport/transport.h"
 #include "elsa/unique_fd.h"
 
 namespace elsa {
@@ -30,6 +31,10 @@ class LazyPageSupply;
 struct AgentConfig {
   std::string state_dir = "/var/lib/elsa";
   CriuLocation criu;
+  // Between agents (migration): the shared secret both ends hold, and the transport backend.
+  std::string peer_secret;
+  std::string peer_backend = "tcp";
+  int peer_streams = 4;
 };
 
 struct RunRequest {
@@ -87,6 +92,41 @@ struct RestoreReport {
   std::vector<std::pair<std::string, double>> criu_events;
 };
 
+struct MigrateOptions {
+  std::string to;                // the destination agent: HOST[:PORT]
+  std::string mode = "hybrid";   // precopy: restore on B eagerly; hybrid: lazily from B's store
+  int max_downtime_ms = 150;     // pre-copy stops once what is left fits in this at the link rate
+  int max_rounds = 8;
+};
+
+struct MigrationRound {
+  uint64_t pages_scanned = 0;
+  uint64_t pages_sent = 0;  // changed since the destination last got them
+  double seconds = 0;
+};
+
+struct MigrateReport {
+  std::string session;
+  std::string destination;       // host:port of B's agent
+  std::string address;           // where the session now answers (B's host): retarget to it
+  std::string mode;
+  std::string checkpoint_id;     // on B: the checkpoint the session was restored from
+  pid_t pid = 0;                 // on B
+  std::vector<MigrationRound> rounds;
+  double precopy_seconds = 0;
+  double dump_seconds = 0;       // freeze + CRIU dump (pages B lacks sent meanwhile)
+  double transfer_seconds = 0;   // image files, and waiting for every page to arrive
+  double restore_seconds = 0;    // on B: commit + restore until the tree runs
+  double downtime_seconds = 0;   // freeze on A -> running on B
+  double total_seconds = 0;
+  uint64_t bytes_precopy = 0;    // page bytes sent while the session ran
+  uint64_t bytes_stop = 0;       // page and file bytes sent while it was frozen
+  uint64_t wire_bytes = 0;       // all bytes on the wire, after compression
+  uint64_t pages_dumped = 0;
+  uint64_t pages_deduplicated = 0;  // dumped pages B already held: not sent again
+  uint64_t pages_lazy = 0;          // hybrid: pages B's session faults in from B's store
+};
+
 // Long operations report phases as they start ("verify", "dump", ...), for progress displays.
 using ProgressFn = std::function<void(const std::string& phase, const std::string& detail)>;
 
@@ -124,6 +164,12 @@ class Agent {
   };
   PageStoreReport PageStoreStats() const;
 
+  // Moves a running session to another host's agent (see docs/architecture.md, "Migration
+  // timeline"). Any failure before the destination runs it leaves it running here.
+  Result<MigrateReport> Migrate(const std::string& name, const MigrateOptions& options, const ProgressFn& progress);
+  // The destination's side of a migration, on a channel a peer opened (PeerServer calls it).
+  Status AcceptMigration(transport::Channel& channel);
+
   const AgentConfig& config() const { return config_; }
 
  private:
@@ -144,6 +190,14 @@ class Agent {
   // A lazily restored session's pages keep arriving after Restore returns; this waits for
   // them in the background and records the outcome on the session.
   void FinishPagingIn(uint64_t serial, std::unique_ptr<LazyPageSupply> supply, std::string staging);
+  // Marks a running session busy for a long operation; returns its info and serial.
+  Result<std::pair<SessionInfo, uint64_t>> ClaimRunning(const std::string& name);
+  void ClearBusy(uint64_t serial);
+  // Holds a session name for a restore (or an arriving migration) until released.
+  Status ReserveName(const std::string& name);
+  void ReleaseName(const std::string& name);
+  // Forgets a session whose tree ended elsewhere (migrated away), once reaped.
+  void ForgetAfterExit(uint64_t serial, int timeout_s);
 
   AgentConfig config_;
   CheckpointStore store_;

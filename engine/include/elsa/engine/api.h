@@ -28,6 +28,7 @@ nlohmann::json ToJson(const Manifest& manifest, bool with_files);
 nlohmann::json ToJson(const CheckpointReport& report);
 nlohmann::json ToJson(const RestoreReport& report);
 nlohmann::json ToJson(const CollectReport& report);
+nlohmann::json ToJson(const MigrateReport& report);
 nlohmann::json ErrorJson(const Status& status);
 // Maps an error object back into a Status (client side).
 Status StatusFromErrorJson(const nlohmann::json& error);
@@ -44,6 +45,9 @@ struct ApiRequest {
   bool leave_running = false;
   bool lazy = false;  // restore
   int timeout_seconds = 10;
+  std::string to;               // migrate: HOST[:PORT] of the destination agent
+  std::string mode = "hybrid";  // migrate
+  int max_downtime_ms = 150;    // migrate
 };
 // Untrusted bytes in, a request or an InvalidArgument out. Never throws.
 Result<ApiRequest> ParseApiRequest(std::string_view line);

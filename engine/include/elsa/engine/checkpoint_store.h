@@ -83,4 +83,7 @@ class CheckpointStore {
   std::string root_;
 };
 
+// A new checkpoint id for a session: NAME-YYYYMMDD-HHMMSS-mmm (UTC).
+std::string NewCheckpointId(const std::string& session_name);
+
 }  // namespace elsa

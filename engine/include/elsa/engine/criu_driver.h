@@ -26,6 +26,9 @@ struct CriuDumpRequest {
   int images_dir_fd = -1;
   int work_dir_fd = -1;         // where CRIU writes its log
   bool leave_running = false;
+  // Leaves the tree stopped (SIGSTOP) and its connections locked: a migration resumes it
+  // (ResumeStoppedTree) if the destination fails, or ends it once the destination runs it.
+  bool leave_stopped = false;
   // When set, memory goes to the page server at this address and port instead of pages images.
   std::string page_server_address;
   uint16_t page_server_port = 0;

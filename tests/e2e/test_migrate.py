@@ -1,0 +1,84 @@
+"""Live migration between two simulated hosts (network namespaces, an elsad on each, agents
+authenticated by a shared secret): a real Jupyter session moves from h1 to h2 with its kernel
+state, and every failure before h2 runs it leaves it running on h1."""
+
+import os
+import secrets
+
+import pytest
+from elsa_agent import ElsaAgent, alive, start_jupyter, tree_pids
+from elsa_hosts import SimulatedHosts
+from elsa_jupyter import JupyterServer
+from test_checkpoint_restore import CHECK_ARRAY, set_state
+
+PEER_PORT = 7077
+
+
+@pytest.fixture
+def hosts():
+    h = SimulatedHosts(2, prefix=f"em{os.getpid() % 100000}", subnet=150 + os.getpid() % 100)
+    with h:
+        yield h
+    assert not h.exists(), "the hosts' namespaces are gone"
+
+
+@pytest.fixture
+def secret_file(tmp_path):
+    path = tmp_path / "peer-secret"
+    path.write_text(secrets.token_hex(24) + "\n")
+    path.chmod(0o600)
+    return str(path)
+
+
+def host_agent(bin_dir, hosts, host, secret_file):
+    return ElsaAgent(bin_dir, criu_prefix=os.environ.get("ELSA_CRIU_PREFIX"), netns=hosts.netns(host),
+                     extra_args=["--listen", f"{hosts.address(host)}:{PEER_PORT}", "--peer-secret-file", secret_file])
+
+
+def run_on_h1(a1, hosts, workdir):
+    with hosts.inside("h1"):
+        server = start_jupyter(a1, "alice", workdir, host="0.0.0.0")
+    at_h1 = JupyterServer(hosts.address("h1"), server.port, server.token)
+    with hosts.inside("h2"):
+        kernel = set_state(at_h1)  # closes its websocket: no connection from outside at the freeze
+    return server, kernel
+
+
+@pytest.mark.parametrize("mode", ["precopy", "hybrid"])
+def test_a_session_moves_with_its_kernel_state(hosts, bin_dir, workdir, secret_file, mode):
+    with host_agent(bin_dir, hosts, "h1", secret_file) as a1, host_agent(bin_dir, hosts, "h2", secret_file) as a2:
+        server, kernel = run_on_h1(a1, hosts, workdir)
+        pids = tree_pids(a1.sessions()["alice"]["pid"])
+        report = a1.json("migrate", "alice", "--to", hosts.address("h2"), "--mode", mode)
+        print(report)
+        assert report["address"] == hosts.address("h2")
+        assert report["precopy_rounds"], "pre-copy ran"
+        assert report["pages"]["dumped"] > 0
+        assert report["pages"]["deduplicated"] > report["pages"]["dumped"] * 0.5, "pre-copy delivered most pages"
+        assert "alice" not in a1.sessions(), "h1 let it go"
+        assert not [p for p in pids if alive(p)], "nothing left running on h1"
+        assert a2.sessions()["alice"]["state"] == "running"
+
+        at_h2 = JupyterServer(hosts.address("h2"), server.port, server.token)
+        with hosts.inside("h1"):
+            at_h2.wait_ready(timeout=30)
+            conn = at_h2.connect(kernel, session_id="e2e-session")
+        assert conn.eval("x + 1") == "42"
+        assert conn.eval(CHECK_ARRAY) == "True"
+        conn.close()
+
+
+def test_a_wrong_secret_leaves_the_session_running_where_it_was(hosts, bin_dir, workdir, secret_file, tmp_path):
+    other = tmp_path / "other-secret"
+    other.write_text(secrets.token_hex(24))
+    with host_agent(bin_dir, hosts, "h1", secret_file) as a1, host_agent(bin_dir, hosts, "h2", str(other)) as a2:
+        server, kernel = run_on_h1(a1, hosts, workdir)
+        failed = a1.cli("migrate", "alice", "--to", hosts.address("h2"), check=False)
+        assert failed.returncode != 0
+        assert "running here" in failed.stderr, failed.stderr
+        assert a1.sessions()["alice"]["state"] == "running"
+        assert "alice" not in a2.sessions()
+        with hosts.inside("h2"):
+            conn = JupyterServer(hosts.address("h1"), server.port, server.token).connect(kernel, session_id="e2e-session")
+        assert conn.eval("x + 1") == "42"
+        conn.close()

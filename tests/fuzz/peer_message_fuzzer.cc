@@ -1,0 +1,24 @@
+// What another agent sends during a migration arrives from the network: decoding a control
+// message or a file chunk must never crash, and what decodes must survive a round trip.
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <variant>
+
+#include "peer_protocol.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  using namespace elsa::peer;
+  auto decoded = DecodeMessage(std::span<const uint8_t>(data, size));
+  if (!decoded.ok()) return 0;
+  if (auto* chunk = std::get_if<FileChunk>(&*decoded)) {
+    auto again = DecodeMessage(EncodeFileChunk(chunk->name, chunk->offset, chunk->last, chunk->data));
+    if (!again.ok() || std::get<FileChunk>(*again).data != chunk->data) __builtin_trap();
+  } else {
+    const Control& c = std::get<Control>(*decoded);
+    auto again = DecodeMessage(EncodeControl(c.op, c.body));
+    if (!again.ok() || std::get<Control>(*again).op != c.op) __builtin_trap();
+  }
+  (void)ParseHostPort(std::string(reinterpret_cast<const char*>(data), size));
+  return 0;
+}
