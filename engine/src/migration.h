@@ -71,8 +71,8 @@ class FileReceiver {
 // "error" turned into a Status carrying its message.
 Result<peer::Control> ReceiveControl(transport::Channel& channel, std::chrono::milliseconds timeout);
 
-// Lets a tree CRIU left stopped and network-locked (dump with leave_stopped) run again: drops
-// CRIU's nftables table, then SIGCONTs every process.
+// Lets a tree CRIU left stopped and network-locked (dump with leave_stopped) run again: takes
+// its TCP connections out of repair mode, drops CRIU's nftables table, SIGCONTs every process.
 Status ResumeStoppedTree(pid_t root, const std::string& network_lock_table);
 
 }  // namespace elsa

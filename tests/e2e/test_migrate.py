@@ -82,3 +82,56 @@ def test_a_wrong_secret_leaves_the_session_running_where_it_was(hosts, bin_dir, 
             conn = JupyterServer(hosts.address("h1"), server.port, server.token).connect(kernel, session_id="e2e-session")
         assert conn.eval("x + 1") == "42"
         conn.close()
+
+
+def test_a_restore_failing_on_the_destination_resumes_the_frozen_session(hosts, bin_dir, workdir, secret_file):
+    broken = ElsaAgent(bin_dir, netns=hosts.netns("h2"),
+                       extra_args=["--criu", "/no/such/criu", "--listen", f"{hosts.address('h2')}:{PEER_PORT}",
+                                   "--peer-secret-file", secret_file])
+    with host_agent(bin_dir, hosts, "h1", secret_file) as a1:
+        server, kernel = run_on_h1(a1, hosts, workdir)
+        with broken:
+            failed = a1.cli("migrate", "alice", "--to", hosts.address("h2"), check=False)
+            assert failed.returncode != 0
+            assert "running here" in failed.stderr and "criu" in failed.stderr.lower(), failed.stderr
+            assert "alice" not in broken.sessions()
+        # Frozen by CRIU after pre-copy, then resumed: it answers, with its state.
+        assert a1.sessions()["alice"]["state"] == "running"
+        with hosts.inside("h2"):
+            conn = JupyterServer(hosts.address("h1"), server.port, server.token).connect(kernel, session_id="e2e-session")
+        assert conn.eval("x + 1") == "42"
+        conn.close()
+        # And a second migration, to a working destination, succeeds.
+        with host_agent(bin_dir, hosts, "h2", secret_file) as a2:
+            a1.json("migrate", "alice", "--to", hosts.address("h2"))
+            assert a2.sessions()["alice"]["state"] == "running"
+            with hosts.inside("h1"):
+                at_h2 = JupyterServer(hosts.address("h2"), server.port, server.token)
+                at_h2.wait_ready(timeout=30)
+                conn = at_h2.connect(kernel, session_id="e2e-session")
+            assert conn.eval(CHECK_ARRAY) == "True"
+            conn.close()
+
+
+def test_the_destination_dying_during_precopy_leaves_the_session_running(hosts, bin_dir, workdir, secret_file):
+    import subprocess
+    import time
+    hosts.shape("300mbit")  # pre-copy of a few hundred MiB takes seconds: time to pull the plug
+    with host_agent(bin_dir, hosts, "h1", secret_file) as a1:
+        server, kernel = run_on_h1(a1, hosts, workdir)
+        a2 = host_agent(bin_dir, hosts, "h2", secret_file).start()
+        try:
+            migration = subprocess.Popen([os.path.join(bin_dir, "elsa"), "--socket", a1.socket, "migrate", "alice",
+                                          "--to", hosts.address("h2")], stderr=subprocess.PIPE, text=True)
+            time.sleep(1.5)
+            a2.proc.kill()  # the destination's agent dies mid pre-copy
+            _, err = migration.communicate(timeout=120)
+            assert migration.returncode != 0
+            assert "running here" in err, err
+        finally:
+            a2.close()
+        assert a1.sessions()["alice"]["state"] == "running"
+        with hosts.inside("h2"):
+            conn = JupyterServer(hosts.address("h1"), server.port, server.token).connect(kernel, session_id="e2e-session")
+        assert conn.eval("x + 1") == "42"
+        conn.close()
