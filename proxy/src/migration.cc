@@ -15,6 +15,11 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
+// Long enough for a kernel to answer what it was asked just before the pause; short enough
+// not to hold a migration up behind a chatty backend.
+constexpr std::chrono::milliseconds kDefaultQuiet{250};
+constexpr std::chrono::milliseconds kDefaultQuietMax{5000};
+
 ApiResponse JsonResponse(int status, const ordered_json& body) {
   return {status, "application/json", body.dump()};
 }
@@ -119,12 +124,16 @@ net::awaitable<ApiResponse> Migrations::Pause(const MigrationCommand& cmd) {
     c.paused_.store(true, std::memory_order_release);
     epoch = ++c.epoch_;
   }
+  PausePlan plan;
+  plan.quiet = cmd.quiet.value_or(kDefaultQuiet);
+  plan.quiet_max = cmd.quiet_max.value_or(kDefaultQuietMax);
+  plan.drain = cmd.drain_timeout.value_or(shared_.options.drain_timeout);
   auto tunnels = c.Tunnels();
   auto ticket = std::make_shared<Ticket>(static_cast<int>(tunnels.size()));
   for (auto& t : tunnels) {
-    net::post(t->executor(), [t, ticket] { t->Pause(ticket); });
+    net::post(t->executor(), [t, ticket, plan] { t->Pause(ticket, plan); });
   }
-  co_await WaitFor(*ticket, Clock::now() + shared_.options.drain_timeout + std::chrono::seconds(2));
+  co_await WaitFor(*ticket, Clock::now() + plan.quiet_max + plan.drain + std::chrono::seconds(2));
   const auto timeout = cmd.timeout.value_or(shared_.options.max_pause);
   net::co_spawn(co_await net::this_coro::executor, AutoResume(route->path(), epoch, timeout), net::detached);
   shared_.log.Info("Route ", route->path(), " paused: ", tunnels.size(), " websockets, ", ticket->failed.load(),

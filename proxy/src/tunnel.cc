@@ -55,11 +55,11 @@ Tunnel::~Tunnel() = default;
 void Tunnel::Start(BackendWs backend, std::string browser_leftover) {
   auto self = shared_from_this();
   if (!browser_leftover.empty()) browser_->reader.Feed(browser_leftover);
-  net::co_spawn(executor_, ReadLoop(browser_), net::detached);
-  net::co_spawn(executor_, KeepAlive(), net::detached);
+  net::co_spawn(executor_, ReadLoop(self, browser_), net::detached);
+  net::co_spawn(executor_, KeepAlive(self), net::detached);
   StartBackend(std::move(backend));
   if (RouteControl* control = setup_.route->control()) {
-    if (control->Register(self)) Pause(nullptr);  // paused while we were connecting
+    if (control->Register(self)) Pause(nullptr, PausePlan{});  // paused while we were connecting
   }
 }
 
@@ -67,6 +67,12 @@ void Tunnel::StartBackend(BackendWs backend) {
   backend_ = std::make_shared<Peer>(std::move(backend.stream), false, shared_.options.max_ws_message_bytes);
   if (!backend.leftover.empty()) backend_->reader.Feed(backend.leftover);
   state_ = BackendState::kOpen;
+  last_backend_rx_ = Clock::now();
+  FlushHeld();
+  net::co_spawn(executor_, ReadLoop(shared_from_this(), backend_), net::detached);
+}
+
+void Tunnel::FlushHeld() {
   // The browser's queued messages go first, in the order they came.
   while (!held_.empty()) {
     Send(backend_, held_.front().text ? WsOpcode::kText : WsOpcode::kBinary, held_.front().payload);
@@ -74,7 +80,6 @@ void Tunnel::StartBackend(BackendWs backend) {
     held_.pop_front();
   }
   room_timer_.cancel();
-  net::co_spawn(executor_, ReadLoop(backend_), net::detached);
 }
 
 void Tunnel::Send(const std::shared_ptr<Peer>& peer, WsOpcode op, std::string_view payload) {
@@ -99,12 +104,11 @@ void Tunnel::Send(const std::shared_ptr<Peer>& peer, WsOpcode op, std::string_vi
   peer->out.push_back(std::move(frame));
   if (!peer->writing) {
     peer->writing = true;
-    net::co_spawn(executor_, WriteLoop(peer), net::detached);
+    net::co_spawn(executor_, WriteLoop(shared_from_this(), peer), net::detached);
   }
 }
 
-net::awaitable<void> Tunnel::WriteLoop(std::shared_ptr<Peer> peer) {
-  auto self = shared_from_this();
+net::awaitable<void> Tunnel::WriteLoop([[maybe_unused]] Self self, std::shared_ptr<Peer> peer) {
   while (!peer->out.empty() && !peer->ended) {
     std::array<net::const_buffer, 8> bufs;
     size_t n = 0, bytes = 0;
@@ -132,8 +136,7 @@ net::awaitable<void> Tunnel::WriteLoop(std::shared_ptr<Peer> peer) {
   }
 }
 
-net::awaitable<void> Tunnel::ReadLoop(std::shared_ptr<Peer> peer) {
-  auto self = shared_from_this();
+net::awaitable<void> Tunnel::ReadLoop([[maybe_unused]] Self self, std::shared_ptr<Peer> peer) {
   std::string why = "closed";
   while (!peer->ended) {
     if (peer->reader.Idle()) {
@@ -153,7 +156,7 @@ net::awaitable<void> Tunnel::ReadLoop(std::shared_ptr<Peer> peer) {
       break;
     }
     peer->reader.Commit(n);
-    if (peer->is_browser) last_browser_rx_ = Clock::now();
+    (peer->is_browser ? last_browser_rx_ : last_backend_rx_) = Clock::now();
     bool failed = false;
     for (;;) {
       auto ev = peer->reader.Next();
@@ -242,7 +245,7 @@ void Tunnel::OnBackendEvent(const std::shared_ptr<Peer>& peer, WsEvent ev) {
     case WsEvent::Kind::kPong:
       break;
     case WsEvent::Kind::kClose:
-      if (state_ == BackendState::kDraining) {
+      if (state_ == BackendState::kDraining || state_ == BackendState::kQuiescing) {
         Drained(false);
         return;
       }
@@ -273,7 +276,7 @@ void Tunnel::OnPeerEnded(const std::shared_ptr<Peer>& peer, const std::string& w
     return;
   }
   if (peer != backend_) return;
-  if (state_ == BackendState::kDraining) {
+  if (state_ == BackendState::kDraining || state_ == BackendState::kQuiescing) {
     Drained(false);
     return;
   }
@@ -283,17 +286,21 @@ void Tunnel::OnPeerEnded(const std::shared_ptr<Peer>& peer, const std::string& w
   Finish("backend lost");
 }
 
-void Tunnel::Pause(std::shared_ptr<Ticket> ticket) {
+void Tunnel::Pause(std::shared_ptr<Ticket> ticket, PausePlan plan) {
   if (closed_) {
     if (ticket) ticket->Done(true);
     return;
   }
   resume_requested_ = false;
+  plan_ = plan;
   switch (state_) {
     case BackendState::kOpen:
       if (ticket) pause_tickets_.push_back(std::move(ticket));
-      StartDrain();
+      state_ = BackendState::kQuiescing;  // from now on the browser's messages are held
+      quiet_deadline_ = Clock::now() + plan_.quiet_max;
+      QuietCheck();
       break;
+    case BackendState::kQuiescing:
     case BackendState::kDraining:
       if (ticket) pause_tickets_.push_back(std::move(ticket));
       break;
@@ -307,17 +314,31 @@ void Tunnel::Pause(std::shared_ptr<Ticket> ticket) {
   }
 }
 
+void Tunnel::QuietCheck() {
+  if (state_ != BackendState::kQuiescing || closed_) return;
+  const auto now = Clock::now();
+  const auto quiet_at = last_backend_rx_ + plan_.quiet;
+  if (now >= quiet_at || now >= quiet_deadline_) {
+    StartDrain();
+    return;
+  }
+  drain_timer_.expires_at(std::min(quiet_at, quiet_deadline_));
+  drain_timer_.async_wait([self = shared_from_this()](error_code ec) {
+    if (!ec) self->QuietCheck();
+  });
+}
+
 void Tunnel::StartDrain() {
   // A clean close: jupyter-server sees its last websocket for the session go and buffers the
   // kernel's messages for the reconnect. Frames it sends before its close reply still reach
   // the browser.
   state_ = BackendState::kDraining;
   Send(backend_, WsOpcode::kClose, WsClosePayload(kCloseGoingAway, "elsa-proxy: pausing"));
-  drain_timer_.expires_after(shared_.options.drain_timeout);
+  drain_timer_.expires_after(plan_.drain);
   drain_timer_.async_wait([self = shared_from_this(), peer = backend_](error_code ec) {
     if (ec || self->backend_ != peer || self->state_ != BackendState::kDraining) return;
     self->shared_.log.Warn("websocket ", Describe(self->setup_), ": backend did not close within ",
-                           self->shared_.options.drain_timeout.count(), " ms; cut");
+                           self->plan_.drain.count(), " ms; cut");
     self->Drained(true);
   });
 }
@@ -334,7 +355,7 @@ void Tunnel::Drained(bool cut) {
   if (resume_requested_) {
     resume_requested_ = false;
     state_ = BackendState::kConnecting;
-    net::co_spawn(executor_, Reconnect(resume_deadline_), net::detached);
+    net::co_spawn(executor_, Reconnect(shared_from_this(), resume_deadline_), net::detached);
   }
 }
 
@@ -344,6 +365,12 @@ void Tunnel::Resume(std::shared_ptr<Ticket> ticket, Clock::time_point deadline) 
     return;
   }
   pause_requested_ = false;
+  if (state_ == BackendState::kQuiescing) {  // resumed before the backend was closed: carry on
+    drain_timer_.cancel();
+    FinishTickets(pause_tickets_, true);
+    state_ = BackendState::kOpen;
+    FlushHeld();
+  }
   if (state_ == BackendState::kOpen) {
     if (ticket) ticket->Done(true);
     return;
@@ -354,12 +381,11 @@ void Tunnel::Resume(std::shared_ptr<Ticket> ticket, Clock::time_point deadline) 
     resume_requested_ = true;
   } else if (state_ == BackendState::kGone) {
     state_ = BackendState::kConnecting;
-    net::co_spawn(executor_, Reconnect(deadline), net::detached);
+    net::co_spawn(executor_, Reconnect(shared_from_this(), deadline), net::detached);
   }
 }
 
-net::awaitable<void> Tunnel::Reconnect(Clock::time_point deadline) {
-  auto self = shared_from_this();
+net::awaitable<void> Tunnel::Reconnect([[maybe_unused]] Self self, Clock::time_point deadline) {
   auto backoff = std::chrono::milliseconds(50);
   net::steady_timer sleep(executor_);
   std::string last_error;
@@ -414,11 +440,10 @@ net::awaitable<void> Tunnel::Reconnect(Clock::time_point deadline) {
   Finish("resume failed");
 }
 
-net::awaitable<void> Tunnel::KeepAlive() {
+net::awaitable<void> Tunnel::KeepAlive([[maybe_unused]] Self self) {
   // We ping the browser ourselves (the backend's pings are answered here, and while paused
   // there is no backend); a browser silent for ws_idle_timeout is gone and is dropped, so
   // dead connections do not pile up.
-  auto self = shared_from_this();
   const auto idle = shared_.options.ws_idle_timeout;
   while (!closed_) {
     ping_timer_.expires_after(idle / 3);

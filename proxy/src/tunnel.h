@@ -40,6 +40,16 @@ struct Ticket {
   }
 };
 
+// How a tunnel pauses: first hold the browser's new messages and wait until the backend has
+// been silent for `quiet` (at most `quiet_max`), so replies to requests already sent arrive
+// (jupyter-server buffers only for a kernel's last connection); then close the backend and
+// give it `drain` to answer the close.
+struct PausePlan {
+  std::chrono::milliseconds quiet{0};
+  std::chrono::milliseconds quiet_max{0};
+  std::chrono::milliseconds drain{10000};
+};
+
 class Tunnel : public std::enable_shared_from_this<Tunnel> {
  public:
   struct Setup {
@@ -55,11 +65,11 @@ class Tunnel : public std::enable_shared_from_this<Tunnel> {
   // Starts relaying between the browser and its first backend connection.
   void Start(BackendWs backend, std::string browser_leftover);
 
-  void Pause(std::shared_ptr<Ticket> ticket);
+  void Pause(std::shared_ptr<Ticket> ticket, PausePlan plan);
   void Resume(std::shared_ptr<Ticket> ticket, std::chrono::steady_clock::time_point deadline);
   net::any_io_executor executor() const { return executor_; }
 
-  enum class BackendState { kOpen, kDraining, kGone, kConnecting };
+  enum class BackendState { kOpen, kQuiescing, kDraining, kGone, kConnecting };
   BackendState state() const { return state_; }
   size_t held_messages() const { return held_.size(); }
 
@@ -70,17 +80,22 @@ class Tunnel : public std::enable_shared_from_this<Tunnel> {
     std::string payload;
   };
 
-  net::awaitable<void> ReadLoop(std::shared_ptr<Peer> peer);
-  net::awaitable<void> WriteLoop(std::shared_ptr<Peer> peer);
-  net::awaitable<void> KeepAlive();
-  net::awaitable<void> Reconnect(std::chrono::steady_clock::time_point deadline);
+  // Each coroutine takes `self`: its frame must keep the tunnel alive from the moment it is
+  // created (co_spawn only starts it later).
+  using Self = std::shared_ptr<Tunnel>;
+  net::awaitable<void> ReadLoop(Self self, std::shared_ptr<Peer> peer);
+  net::awaitable<void> WriteLoop(Self self, std::shared_ptr<Peer> peer);
+  net::awaitable<void> KeepAlive(Self self);
+  net::awaitable<void> Reconnect(Self self, std::chrono::steady_clock::time_point deadline);
   net::awaitable<void> WaitForRoom(const std::shared_ptr<Peer>& from);
 
   void OnBrowserEvent(WsEvent ev);
   void OnBackendEvent(const std::shared_ptr<Peer>& peer, WsEvent ev);
   void OnPeerEnded(const std::shared_ptr<Peer>& peer, const std::string& why);
   void StartBackend(BackendWs backend);
+  void FlushHeld();
   void StartDrain();
+  void QuietCheck();
   void Drained(bool cut);
   void Send(const std::shared_ptr<Peer>& peer, WsOpcode op, std::string_view payload);
   void CloseBrowser(uint16_t code, std::string_view reason);
@@ -106,6 +121,9 @@ class Tunnel : public std::enable_shared_from_this<Tunnel> {
   net::steady_timer room_timer_;  // woken whenever queued bytes go down
   net::steady_timer ping_timer_;
   std::chrono::steady_clock::time_point last_browser_rx_;
+  std::chrono::steady_clock::time_point last_backend_rx_;
+  std::chrono::steady_clock::time_point quiet_deadline_;
+  PausePlan plan_;
   uint64_t mask_state_;
 };
 
