@@ -1,5 +1,7 @@
 #include "http_session.h"
 
+#include <sys/socket.h>
+
 #include <boost/asio/write.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
@@ -41,6 +43,24 @@ net::awaitable<void> WaitWhilePaused(const Shared& shared, RouteControl& control
     timer.expires_after(std::chrono::milliseconds(10));
     co_await timer.async_wait(kTuple);
   }
+}
+
+// Closing with unread request bytes would make the kernel send a reset, which can destroy the
+// error response before the client reads it: stop sending, discard what still comes for a
+// moment, then close (nginx's lingering close).
+net::awaitable<void> LingeringClose(AnyStream& stream) {
+  if (stream.valid() && !stream.encrypted()) {
+    ::shutdown(stream.native_handle(), SHUT_WR);
+    std::array<char, 4096> sink;
+    size_t total = 0;
+    stream.expires_after(std::chrono::seconds(2));
+    while (total < (1u << 20)) {
+      auto [ec, n] = co_await stream.async_read_some(net::buffer(sink), kTuple);
+      if (ec) break;
+      total += n;
+    }
+  }
+  stream.close();
 }
 
 std::string RoutingHost(std::string_view host) { return std::string(host.substr(0, host.find(':'))); }
@@ -176,7 +196,7 @@ net::awaitable<void> ServeClient(Shared& shared, Worker& worker, AnyStream strea
     if (outcome->status < 300) match->route->Touch(NowMillis());
     if (!outcome->keep_alive) break;
   }
-  stream.close();
+  co_await LingeringClose(stream);
 }
 
 net::awaitable<void> ServeApiClient(Shared& shared, Api& api, AnyStream stream) {
@@ -220,7 +240,7 @@ net::awaitable<void> ServeApiClient(Shared& shared, Api& api, AnyStream stream) 
       break;
     }
   }
-  stream.close();
+  co_await LingeringClose(stream);
 }
 
 }  // namespace elsa::proxy
