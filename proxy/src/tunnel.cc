@@ -55,8 +55,8 @@ Tunnel::~Tunnel() = default;
 void Tunnel::Start(BackendWs backend, std::string browser_leftover) {
   auto self = shared_from_this();
   if (!browser_leftover.empty()) browser_->reader.Feed(browser_leftover);
-  net::co_spawn(executor_, ReadLoop(self, browser_), net::detached);
-  net::co_spawn(executor_, KeepAlive(self), net::detached);
+  net::co_spawn(executor_, ReadLoop(self, browser_, false), net::detached);
+  KeepAlive();
   StartBackend(std::move(backend));
   if (RouteControl* control = setup_.route->control()) {
     if (control->Register(self)) Pause(nullptr, PausePlan{});  // paused while we were connecting
@@ -69,7 +69,7 @@ void Tunnel::StartBackend(BackendWs backend) {
   state_ = BackendState::kOpen;
   last_backend_rx_ = Clock::now();
   FlushHeld();
-  net::co_spawn(executor_, ReadLoop(shared_from_this(), backend_), net::detached);
+  net::co_spawn(executor_, ReadLoop(shared_from_this(), backend_, false), net::detached);
 }
 
 void Tunnel::FlushHeld() {
@@ -136,19 +136,28 @@ net::awaitable<void> Tunnel::WriteLoop([[maybe_unused]] Self self, std::shared_p
   }
 }
 
-net::awaitable<void> Tunnel::ReadLoop([[maybe_unused]] Self self, std::shared_ptr<Peer> peer) {
+void Tunnel::WaitReadable(const std::shared_ptr<Peer>& peer) {
+  // An idle websocket holds no read buffer and no coroutine: just this pending wait, whose
+  // callback starts a reader when bytes arrive.
+  peer->reader.ReleaseMemory();
+  peer->stream.async_wait_readable([self = shared_from_this(), peer](error_code ec) {
+    if (peer->ended) return;
+    if (ec) {
+      self->OnPeerEnded(peer, ec.message());
+      return;
+    }
+    net::co_spawn(self->executor_, self->ReadLoop(self, peer, true), net::detached);
+  });
+}
+
+net::awaitable<void> Tunnel::ReadLoop([[maybe_unused]] Self self, std::shared_ptr<Peer> peer, bool readable) {
   std::string why = "closed";
   while (!peer->ended) {
-    if (peer->reader.Idle()) {
-      // Idle websockets keep no read buffer: wait for bytes first.
-      peer->reader.ReleaseMemory();
-      auto [wec] = co_await peer->stream.async_wait_readable(kTuple);
-      if (wec) {
-        why = wec.message();
-        break;
-      }
-      if (peer->ended) break;
+    if (!readable && peer->reader.Idle()) {
+      WaitReadable(peer);
+      co_return;
     }
+    readable = false;
     char* at = peer->reader.Prepare(kReadChunk);
     auto [ec, n] = co_await peer->stream.async_read_some(net::buffer(at, kReadChunk), kTuple);
     if (ec) {
@@ -440,22 +449,24 @@ net::awaitable<void> Tunnel::Reconnect([[maybe_unused]] Self self, Clock::time_p
   Finish("resume failed");
 }
 
-net::awaitable<void> Tunnel::KeepAlive([[maybe_unused]] Self self) {
+void Tunnel::KeepAlive() {
   // We ping the browser ourselves (the backend's pings are answered here, and while paused
   // there is no backend); a browser silent for ws_idle_timeout is gone and is dropped, so
-  // dead connections do not pile up.
+  // dead connections do not pile up. A plain timer callback, not a coroutine: an idle
+  // websocket should cost as little memory as possible.
   const auto idle = shared_.options.ws_idle_timeout;
-  while (!closed_) {
-    ping_timer_.expires_after(idle / 3);
-    auto [ec] = co_await ping_timer_.async_wait(kTuple);
-    if (ec || closed_) co_return;
-    if (Clock::now() - last_browser_rx_ > idle) {
-      shared_.log.Info("websocket ", Describe(setup_), ": browser silent for ", idle.count(), " ms; dropped");
-      OnPeerEnded(browser_, "idle");
-      co_return;
+  ping_timer_.expires_after(idle / 3);
+  ping_timer_.async_wait([self = shared_from_this(), idle](error_code ec) {
+    if (ec || self->closed_) return;
+    if (Clock::now() - self->last_browser_rx_ > idle) {
+      self->shared_.log.Info("websocket ", Describe(self->setup_), ": browser silent for ", idle.count(),
+                             " ms; dropped");
+      self->OnPeerEnded(self->browser_, "idle");
+      return;
     }
-    Send(browser_, WsOpcode::kPing, "");
-  }
+    self->Send(self->browser_, WsOpcode::kPing, "");
+    self->KeepAlive();
+  });
 }
 
 void Tunnel::CloseBrowser(uint16_t code, std::string_view reason) {

@@ -83,9 +83,10 @@ class Tunnel : public std::enable_shared_from_this<Tunnel> {
   // Each coroutine takes `self`: its frame must keep the tunnel alive from the moment it is
   // created (co_spawn only starts it later).
   using Self = std::shared_ptr<Tunnel>;
-  net::awaitable<void> ReadLoop(Self self, std::shared_ptr<Peer> peer);
+  net::awaitable<void> ReadLoop(Self self, std::shared_ptr<Peer> peer, bool readable);
+  void WaitReadable(const std::shared_ptr<Peer>& peer);
   net::awaitable<void> WriteLoop(Self self, std::shared_ptr<Peer> peer);
-  net::awaitable<void> KeepAlive(Self self);
+  void KeepAlive();
   net::awaitable<void> Reconnect(Self self, std::chrono::steady_clock::time_point deadline);
   net::awaitable<void> WaitForRoom(const std::shared_ptr<Peer>& from);
 
