@@ -1,4 +1,5 @@
-"""The Elsa demo: a real Jupyter session, checkpointed to disk and restored, state intact.
+"""The Elsa demo: a real Jupyter session, checkpointed to disk and restored, state intact; then
+a live migration between two simulated hosts with a client connected through elsa-proxy.
 
 Run through tools/demo (which prepares the machine and builds). Every step prints what it does
 and how long it took; everything started is cleaned up at the end, even on failure.
@@ -49,6 +50,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--array-mib", type=int, default=256, help="size of the kernel's numpy array")
     parser.add_argument("--keep", action="store_true", help="keep the agent's state directory")
+    parser.add_argument("--skip-migration", action="store_true", help="only checkpoint and restore")
     args = parser.parse_args()
 
     step = Steps()
@@ -147,12 +149,20 @@ def main():
                   f"server){'; error: ' + info['error'] if info['error'] else ''}")
             show(agent.cli("agent").stdout)
 
+        if not args.skip_migration:
+            print(f"\n{BOLD}Live migration between two hosts, a client connected through elsa-proxy{RESET}")
+            import demo_migration  # same folder as this file
+            migrated = demo_migration.run(step, show, bin_dir, os.path.join(REPO, "build", "proxy", "elsa-proxy"),
+                                          args.array_mib)
+
         print(f"\n{BOLD}timeline{RESET}")
         for title, took in step.timeline:
             print(f"    {took:7.2f} s  {title}")
         print(f"\n{GREEN}demo complete: checkpoint {cp['pages']['count'] * 4096 / 2**20:.0f} MiB in "
               f"{report['timings']['total_seconds']:.2f} s, restore in {r['timings']['total_seconds']:.2f} s{RESET}")
-        print("cleaning up: stopping the session and the agent")
+        if not args.skip_migration:
+            print(f"{GREEN}{migrated}{RESET}")
+        print("cleaning up: stopping the sessions, the agents and the proxy; removing the hosts")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ class BackendPool {
   // A pooled connection to `key` that still looks usable, if any.
   std::optional<AnyStream> Take(const std::string& key);
   void Give(const std::string& key, AnyStream stream);
+  // Closes every idle connection to `key`.
+  void Drop(const std::string& key) { idle_.erase(key); }
 
  private:
   struct Idle {

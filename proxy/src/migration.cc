@@ -134,6 +134,18 @@ net::awaitable<ApiResponse> Migrations::Pause(const MigrationCommand& cmd) {
     net::post(t->executor(), [t, ticket, plan] { t->Pause(ticket, plan); });
   }
   co_await WaitFor(*ticket, Clock::now() + plan.quiet_max + plan.drain + std::chrono::seconds(2));
+  // Idle keep-alive connections to the backend would be frozen with it, and a checkpoint holding
+  // a connection from outside cannot be restored where the backend's address is not (CRIU
+  // fails the restore): every worker closes its idle ones to this target now.
+  if (auto target = shared_.routes.TargetOf(*route); target && target->url) {
+    auto dropped = std::make_shared<Ticket>(static_cast<int>(shared_.workers.size()));
+    for (Worker* w : shared_.workers)
+      net::post(w->ctx, [w, key = target->url->Key(), dropped] {
+        w->pool.Drop(key);
+        dropped->Done(true);
+      });
+    co_await WaitFor(*dropped, Clock::now() + std::chrono::seconds(2));
+  }
   const auto timeout = cmd.timeout.value_or(shared_.options.max_pause);
   net::co_spawn(co_await net::this_coro::executor, AutoResume(route->path(), epoch, timeout), net::detached);
   shared_.log.Info("Route ", route->path(), " paused: ", tunnels.size(), " websockets, ", ticket->failed.load(),

@@ -234,6 +234,7 @@ Result<std::unique_ptr<Proxy>> Proxy::Start(Options options) {
   }
   for (int i = 0; i < o.threads; ++i) {
     m.workers.push_back(std::make_unique<Worker>(o.backend_idle_per_host, o.backend_idle_timeout));
+    m.shared->workers.push_back(m.workers.back().get());
   }
   if (!o.default_target.empty()) {
     nlohmann::ordered_json data;

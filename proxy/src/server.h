@@ -41,6 +41,7 @@ struct Shared {
   RouteTable routes;
   std::shared_ptr<net::ssl::context> client_tls;  // for https/wss targets
   Migrations* migrations = nullptr;
+  std::vector<Worker*> workers;  // for work that must reach every worker's pool
 };
 
 // How a client reached us, for X-Forwarded-* headers.

@@ -141,15 +141,17 @@ class ElsaAgent:
         self.close()
 
 
-def start_jupyter(agent, name, workdir, host="127.0.0.1", port=None, token="elsa-demo-token"):
-    """Runs a real jupyter-server as session `name`; returns a ready JupyterServer."""
+def start_jupyter(agent, name, workdir, host="127.0.0.1", port=None, token="elsa-demo-token", prefix=""):
+    """Runs a real jupyter-server as session `name`; returns a ready JupyterServer. `prefix`
+    ("/user/NAME") sets its base_url, as JupyterHub's single-user servers have."""
     from elsa_jupyter import JupyterServer, free_port  # same folder
 
     port = port or free_port(host)
+    extra = [f"--ServerApp.base_url={prefix}/"] if prefix else []
     agent.run_session(name, "jupyter-server", f"--ip={host}", f"--port={port}",
                       f"--ServerApp.token={token}", "--no-browser", "--allow-root",
-                      "--ServerApp.port_retries=0", workdir=workdir)
-    server = JupyterServer(host, port, token)
+                      "--ServerApp.port_retries=0", *extra, workdir=workdir)
+    server = JupyterServer(host, port, token, prefix)
     server.wait_ready(timeout=60)
     return server
 

@@ -28,9 +28,11 @@ def free_port(host="127.0.0.1"):
 class JupyterServer:
     """A Jupyter server reachable at http://host:port with a token."""
 
-    def __init__(self, host, port, token):
-        self.host, self.port, self.token = host, port, token
-        self.base = f"http://{host}:{port}"
+    def __init__(self, host, port, token, prefix=""):
+        """`prefix`: the server's base_url without its trailing slash (e.g. "/user/alice"),
+        for a server behind a proxy route."""
+        self.host, self.port, self.token, self.prefix = host, port, token, prefix
+        self.base = f"http://{host}:{port}{prefix}"
 
     def _request(self, method, path, body=None, timeout=10):
         data = json.dumps(body).encode() if body is not None else None
@@ -77,7 +79,7 @@ class KernelConnection:
 
     def __init__(self, server, kernel_id, session_id, timeout):
         self.kernel_id, self.session_id = kernel_id, session_id
-        url = (f"ws://{server.host}:{server.port}/api/kernels/{kernel_id}/channels"
+        url = (f"ws://{server.host}:{server.port}{server.prefix}/api/kernels/{kernel_id}/channels"
                f"?session_id={session_id}")
         try:
             self.ws = websocket.create_connection(
