@@ -4,6 +4,7 @@ Everything it starts it also ends: sessions, the agent, and CRIU network-lock ta
 checkpoints that were never restored.
 """
 
+import glob
 import json
 import os
 import shutil
@@ -49,7 +50,6 @@ class ElsaAgent:
         self.keep_state = keep_state
         self.proc = None
         self.pids_seen = set()
-        self._nft_before = _nft_tables()
 
     def start(self):
         cmd = [os.path.join(self.bin_dir, "elsad"), "--socket", self.socket, "--state-dir", self.state_dir]
@@ -127,12 +127,24 @@ class ElsaAgent:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-        # A checkpoint that was never restored leaves CRIU's nftables connection lock behind.
-        for table in _nft_tables() - self._nft_before:
-            if "CRIU-" in table:
-                subprocess.run(["nft", "delete"] + table.split(), capture_output=True)
+        # A checkpoint that was never restored leaves CRIU's nftables connection lock behind. Only
+        # this agent's own (named in its manifests): another agent's dump may be locking right now.
+        for table in self._own_lock_tables() & _nft_tables():
+            subprocess.run(["nft", "delete"] + table.split(), capture_output=True)
         if not self.keep_state:
             shutil.rmtree(self.root, ignore_errors=True)
+
+    def _own_lock_tables(self):
+        tables = set()
+        for manifest in glob.glob(os.path.join(self.state_dir, "checkpoints", "*", "manifest.json")):
+            try:
+                with open(manifest) as f:
+                    table = json.load(f).get("network_lock_table", "")
+            except (OSError, ValueError):
+                continue
+            if table:
+                tables.add(f"table {table}")  # as `nft list tables` prints it
+        return tables
 
     def __enter__(self):
         return self.start()
