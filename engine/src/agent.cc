@@ -242,6 +242,29 @@ void Agent::ForgetAfterExit(uint64_t serial, int timeout_s) {
   lock.unlock();
 }
 
+Manifest Agent::ManifestFor(const SessionInfo& info, const std::string& criu_version) {
+  Manifest manifest;
+  manifest.created_at = NowIso8601();
+  manifest.host = Hostname();
+  manifest.kernel = KernelRelease();
+  manifest.criu_version = criu_version;
+  manifest.session_name = info.name;
+  manifest.command = info.command;
+  manifest.workdir = info.workdir;
+  manifest.session_started_at = info.started_at;
+  manifest.source_pid = info.pid;
+  manifest.output_pipes = OutputPipeKeys(info.pid);
+  return manifest;
+}
+
+Result<CriuOutcome> Agent::SerializedDump(CriuDriver& criu, const CriuDumpRequest& request,
+                                          const ProgressFn& progress) {
+  // One CRIU dump at a time: CRIU's parasite mounts /proc at `proc.crtools` in each dumped
+  // task's working directory, so two dumps of tasks sharing a directory fail with EEXIST.
+  std::lock_guard one_dump(dump_mu_);
+  return criu.Dump(request, [&](const std::string& event) { Report(progress, "criu", event); });
+}
+
 Result<CheckpointReport> Agent::Checkpoint(const std::string& name, bool leave_running, const ProgressFn& progress) {
   ELSA_RETURN_IF_ERROR(ValidateIdentifier("session name", name));
   const auto start = Clock::now();
@@ -257,34 +280,15 @@ Result<CheckpointReport> Agent::Checkpoint(const std::string& name, bool leave_r
     ELSA_ASSIGN_OR_RETURN(PendingCheckpoint pending, store_.Begin(id));
     ELSA_ASSIGN_OR_RETURN(UniqueFd dir_fd, OpenDirectory(pending.dir()));
 
-    Manifest manifest;
-    manifest.created_at = NowIso8601();
-    manifest.host = Hostname();
-    manifest.kernel = KernelRelease();
-    manifest.criu_version = criu_version;
-    manifest.session_name = info.name;
-    manifest.command = info.command;
-    manifest.workdir = info.workdir;
-    manifest.session_started_at = info.started_at;
-    manifest.source_pid = info.pid;
-    manifest.output_pipes = OutputPipeKeys(info.pid);
+    Manifest manifest = ManifestFor(info, criu_version);
     manifest.leave_running = leave_running;
 
     Report(progress, "dump", "freezing and dumping pid " + std::to_string(info.pid) + " with CRIU " + criu_version +
                                  ", pages into the page store");
     ELSA_ASSIGN_OR_RETURN(std::unique_ptr<PageIntake> intake, pages_->StartIntake(pending.dir()));
-    CriuDumpRequest dump;
-    dump.pid = info.pid;
-    dump.images_dir_fd = dump.work_dir_fd = dir_fd.get();
+    CriuDumpRequest dump = intake->DumpRequest(info.pid, dir_fd.get());
     dump.leave_running = leave_running;
-    dump.page_server_address = intake->address();
-    dump.page_server_port = intake->port();
-    Result<CriuOutcome> dumped = [&] {
-      // One CRIU dump at a time: CRIU's parasite mounts /proc at `proc.crtools` in each dumped
-      // task's working directory, so two dumps of tasks sharing a directory fail with EEXIST.
-      std::lock_guard one_dump(dump_mu_);
-      return criu.Dump(dump, [&](const std::string& event) { Report(progress, "criu", event); });
-    }();
+    Result<CriuOutcome> dumped = SerializedDump(criu, dump, progress);
     Result<page_server::ReceiverStats> received = intake->Finish(dumped.ok());
     if (!dumped.ok()) return dumped.status();
     if (!received.ok()) return received.status().WithContext("taking in the dump's pages");

@@ -119,34 +119,17 @@ Result<MigrateReport> Agent::Migrate(const std::string& name, const MigrateOptio
       ~RemoveOnExit() { (void)RemoveTree(path); }
     } cleanup{dump_dir};
     ELSA_ASSIGN_OR_RETURN(UniqueFd dir_fd, OpenDirectory(dump_dir));
-    Manifest manifest;
+    Manifest manifest = ManifestFor(info, criu_version);
     manifest.id = "migrating";  // B names the checkpoint it commits
-    manifest.created_at = NowIso8601();
-    manifest.host = Hostname();
-    manifest.kernel = KernelRelease();
-    manifest.criu_version = criu_version;
-    manifest.session_name = info.name;
-    manifest.command = info.command;
-    manifest.workdir = info.workdir;
-    manifest.session_started_at = info.started_at;
-    manifest.source_pid = info.pid;
-    manifest.output_pipes = OutputPipeKeys(info.pid);
 
     Say(progress, "freeze", "freezing and dumping pid " + std::to_string(info.pid) + "; sending the pages " +
                                 out.destination + " lacks");
     const auto freeze = Clock::now();
     const auto wire_before_stop = channel->Stats().payload_bytes_sent;
     ELSA_ASSIGN_OR_RETURN(std::unique_ptr<PageIntake> intake, pages_->StartIntake(dump_dir, &forward));
-    CriuDumpRequest dump;
-    dump.pid = info.pid;
-    dump.images_dir_fd = dump.work_dir_fd = dir_fd.get();
+    CriuDumpRequest dump = intake->DumpRequest(info.pid, dir_fd.get());
     dump.leave_stopped = true;
-    dump.page_server_address = intake->address();
-    dump.page_server_port = intake->port();
-    Result<CriuOutcome> dumped = [&] {
-      std::lock_guard one_dump(dump_mu_);  // see Checkpoint
-      return criu.Dump(dump, [&](const std::string& event) { Say(progress, "criu", event); });
-    }();
+    Result<CriuOutcome> dumped = SerializedDump(criu, dump, progress);
     Result<page_server::ReceiverStats> received = intake->Finish(dumped.ok());
     if (!dumped.ok()) return dumped.status();  // CRIU thawed the tree itself
     stopped = true;

@@ -31,6 +31,15 @@ class PageIntake {
   ~PageIntake();
   const std::string& address() const { return address_; }
   uint16_t port() const { return port_; }
+  // A dump of `pid` into `dir_fd` with its pages sent to this intake.
+  CriuDumpRequest DumpRequest(pid_t pid, int dir_fd) const {
+    CriuDumpRequest request;
+    request.pid = pid;
+    request.images_dir_fd = request.work_dir_fd = dir_fd;
+    request.page_server_address = address_;
+    request.page_server_port = port_;
+    return request;
+  }
   // The receiver's account once CRIU is done; if the dump failed, the receiver is stopped.
   Result<page_server::ReceiverStats> Finish(bool dump_succeeded);
 

@@ -10,6 +10,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(REPO, "tools", "pylib"))
 
 from elsa_agent import ElsaAgent  # noqa: E402
+from elsa_hosts import SimulatedHosts  # noqa: E402
 
 
 def _bin_dir():
@@ -55,3 +56,13 @@ def agent_factory():
 def workdir():
     with tempfile.TemporaryDirectory(prefix="elsa-nb-") as d:
         yield d
+
+
+@pytest.fixture
+def hosts():
+    """Two simulated hosts, h1 and h2, removed afterwards. Names and subnet are this run's own,
+    so a developer's `tools/hosts up` (10.213.0.0/24) and other runs are left alone."""
+    h = SimulatedHosts(2, prefix=f"e{os.getpid() % 100000}", subnet=100 + os.getpid() % 150)
+    with h:
+        yield h
+    assert not h.exists(), "the hosts' namespaces are gone"

@@ -5,19 +5,8 @@ host's private address, checkpoint and restore working inside a host, and nothin
 import os
 import subprocess
 
-import pytest
 from elsa_agent import ElsaAgent, start_jupyter
-from elsa_hosts import SimulatedHosts
 from test_checkpoint_restore import CHECK_ARRAY, set_state
-
-
-@pytest.fixture
-def hosts():
-    # Own names and subnet, so a developer's `tools/hosts up` (10.213.0.0/24) is left alone.
-    h = SimulatedHosts(2, prefix=f"et{os.getpid() % 100000}", subnet=100 + os.getpid() % 100)
-    with h:
-        yield h
-    assert not h.exists(), "the hosts' namespaces are gone"
 
 
 def test_a_session_on_one_host_serves_the_other_and_restores_in_place(hosts, bin_dir, workdir):

@@ -9,21 +9,12 @@ import time
 
 import pytest
 from elsa_agent import ElsaAgent, alive, start_jupyter, tree_pids
-from elsa_hosts import SimulatedHosts
 from elsa_jupyter import JupyterServer
 from test_checkpoint_restore import CHECK_ARRAY, set_state
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tools"))
 
 PEER_PORT = 7077
-
-
-@pytest.fixture
-def hosts():
-    h = SimulatedHosts(2, prefix=f"em{os.getpid() % 100000}", subnet=150 + os.getpid() % 100)
-    with h:
-        yield h
-    assert not h.exists(), "the hosts' namespaces are gone"
 
 
 @pytest.fixture

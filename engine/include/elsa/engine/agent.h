@@ -190,6 +190,10 @@ class Agent {
   // A lazily restored session's pages keep arriving after Restore returns; this waits for
   // them in the background and records the outcome on the session.
   void FinishPagingIn(uint64_t serial, std::unique_ptr<LazyPageSupply> supply, std::string staging);
+  // The manifest of a checkpoint of `info` taken now; files and pages are filled in later.
+  static Manifest ManifestFor(const SessionInfo& info, const std::string& criu_version);
+  // CRIU's dump, one at a time on this host (see the definition for why).
+  Result<CriuOutcome> SerializedDump(CriuDriver& criu, const CriuDumpRequest& request, const ProgressFn& progress);
   // Marks a running session busy for a long operation; returns its info and serial.
   Result<std::pair<SessionInfo, uint64_t>> ClaimRunning(const std::string& name);
   void ClearBusy(uint64_t serial);

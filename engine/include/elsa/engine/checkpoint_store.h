@@ -42,16 +42,6 @@ class PendingCheckpoint {
 
  private:
   friend class CheckpointStore;
-
-// What reclaiming page-store space found and freed.
-struct CollectReport {
-  uint64_t checkpoints = 0;  // scanned for the pages they name
-  uint64_t live_pages = 0;
-  uint64_t pages_before = 0;
-  uint64_t pages_after = 0;
-  uint64_t bytes_reclaimed = 0;
-  double seconds = 0;
-};
   PendingCheckpoint(std::string id, std::string dir, std::string final_dir);
 
   std::string id_;
