@@ -47,6 +47,12 @@ class ElsaAgent:
         self.state_dir = os.path.join(self.root, "state")
         self.criu_prefix = criu_prefix
         self.env = dict(env if env is not None else os.environ)
+        # Sessions get a HOME of their own: IPython keeps its history in $HOME/.ipython as a
+        # SQLite file every kernel appends to, and CRIU refuses to restore a kernel whose open
+        # regular file changed size since the dump (another agent's kernels, or tests in
+        # parallel, would change a shared one).
+        self.env["HOME"] = os.path.join(self.root, "home")
+        os.makedirs(self.env["HOME"], exist_ok=True)
         self.keep_state = keep_state
         self.proc = None
         self.pids_seen = set()
