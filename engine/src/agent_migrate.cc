@@ -63,9 +63,7 @@ Result<MigrateReport> Agent::Migrate(const std::string& name, const MigrateOptio
   auto run = [&]() -> Status {
     ELSA_ASSIGN_OR_RETURN(transport::Backend backend, transport::ParseBackend(config_.peer_backend));
     ELSA_ASSIGN_OR_RETURN(auto transport, transport::MakeTransport(backend));
-    transport::ChannelOptions channel_options;
-    channel_options.secret = config_.peer_secret;
-    channel_options.streams = config_.peer_streams;
+    const transport::ChannelOptions channel_options = config_.PeerChannelOptions();
     Say(progress, "connect", "to " + out.destination);
     ELSA_ASSIGN_OR_RETURN(channel, transport->Connect({destination.first, destination.second}, channel_options));
     nlohmann::json session = {{"name", info.name}, {"command", info.command}, {"workdir", info.workdir},

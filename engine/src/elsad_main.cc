@@ -73,12 +73,18 @@ int main(int argc, char** argv) {
   app.add_option("--peer-secret-file", secret_file,
                  "file holding the secret shared by every agent (needed to migrate, to or from here)");
   app.add_option("--peer-transport", config.peer_backend, "tcp or uring, between agents")->capture_default_str();
+  int peer_timeout_s = config.peer_timeout_ms / 1000;
+  app.add_option("--peer-timeout", peer_timeout_s,
+                 "seconds a peer or link may stay silent before a migration fails (and is rolled back)")
+      ->check(CLI::Range(1, 3600))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   if (::geteuid() != 0) {
     std::fprintf(stderr, "elsad: must run as root (CRIU needs it); try: sudo %s\n", argv[0]);
     return 1;
   }
+  config.peer_timeout_ms = peer_timeout_s * 1000;
   if (!secret_file.empty()) {
     auto secret = elsa::ReadFile(secret_file, 4096);
     if (!secret.ok()) {

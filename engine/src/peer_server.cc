@@ -13,9 +13,7 @@ Result<std::unique_ptr<PeerServer>> PeerServer::Start(Agent& agent, const std::s
   ELSA_ASSIGN_OR_RETURN(auto where, peer::ParseHostPort(address));
   ELSA_ASSIGN_OR_RETURN(transport::Backend backend, transport::ParseBackend(agent.config().peer_backend));
   ELSA_ASSIGN_OR_RETURN(auto transport, transport::MakeTransport(backend));
-  transport::ChannelOptions options;
-  options.secret = agent.config().peer_secret;
-  options.streams = agent.config().peer_streams;
+  const transport::ChannelOptions options = agent.config().PeerChannelOptions();
   ELSA_ASSIGN_OR_RETURN(auto listener, transport->Listen({where.first, where.second}, options));
   return std::make_unique<PeerServer>(agent, std::move(transport), std::move(listener));
 }

@@ -179,3 +179,32 @@ def test_the_destination_dying_during_precopy_leaves_the_session_running(hosts, 
             conn = JupyterServer(hosts.address("h1"), server.port, server.token).connect(kernel, session_id="e2e-session")
         assert conn.eval("x + 1") == "42"
         conn.close()
+
+
+def test_the_link_going_down_mid_transfer_leaves_the_session_running(hosts, bin_dir, workdir, secret_file):
+    import subprocess
+
+    def agent(host):
+        return ElsaAgent(bin_dir, criu_prefix=os.environ.get("ELSA_CRIU_PREFIX"), netns=hosts.netns(host),
+                         extra_args=["--listen", f"{hosts.address(host)}:{PEER_PORT}", "--peer-secret-file",
+                                     secret_file, "--peer-timeout", "5"])
+
+    hosts.shape("300mbit")
+    with agent("h1") as a1, agent("h2") as a2:
+        server, kernel = run_on_h1(a1, hosts, workdir)
+        migration = subprocess.Popen([os.path.join(bin_dir, "elsa"), "--socket", a1.socket, "migrate", "alice",
+                                      "--to", hosts.address("h2")], stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        hosts.set_link("h2", False)  # the cable pulled in the middle of the page transfer
+        started = time.monotonic()
+        _, err = migration.communicate(timeout=120)
+        print(f"failed after {time.monotonic() - started:.1f} s: {err}")
+        assert migration.returncode != 0
+        assert "running here" in err, err
+        hosts.set_link("h2", True)
+        assert a1.sessions()["alice"]["state"] == "running"
+        with hosts.inside("h2"):
+            conn = JupyterServer(hosts.address("h1"), server.port, server.token).connect(kernel, session_id="e2e-session")
+        assert conn.eval("x + 1") == "42"
+        conn.close()
+        assert "alice" not in a2.sessions()

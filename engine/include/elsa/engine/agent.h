@@ -35,6 +35,15 @@ struct AgentConfig {
   std::string peer_secret;
   std::string peer_backend = "tcp";
   int peer_streams = 4;
+  int peer_timeout_ms = 30000;  // a peer (or link) silent this long fails the migration
+
+  transport::ChannelOptions PeerChannelOptions() const {
+    transport::ChannelOptions options;
+    options.secret = peer_secret;
+    options.streams = peer_streams;
+    options.io_timeout = std::chrono::milliseconds(peer_timeout_ms);
+    return options;
+  }
 };
 
 struct RunRequest {
