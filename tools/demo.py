@@ -46,6 +46,18 @@ def show(text):
         print(f"    {DIM}{line}{RESET}")
 
 
+def check_state(server, kernel, want_x1, digest, what):
+    """Reconnects to the kernel and checks x + 1 and the array's checksum; exits if either is off."""
+    server.wait_ready(timeout=30)
+    conn = server.connect(kernel, session_id="demo")
+    x1 = conn.eval("x + 1")
+    same = conn.eval("hashlib.sha256(arr.tobytes()).hexdigest()") == digest
+    conn.close()
+    print(f"    x + 1 = {x1}; {what}'s checksum matches: {same}")
+    if x1 != want_x1 or not same:
+        raise SystemExit("    state was not restored")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--array-mib", type=int, default=256, help="size of the kernel's numpy array")
@@ -106,14 +118,7 @@ def main():
                   f"CRIU restore {t['restore_seconds']:.3f} s")
 
         with step("reconnect to the same kernel: the state is back"):
-            server.wait_ready(timeout=30)
-            conn = server.connect(kernel, session_id="demo")
-            x1 = conn.eval("x + 1")
-            same = conn.eval("hashlib.sha256(arr.tobytes()).hexdigest()") == digest
-            conn.close()
-            print(f"    x + 1 = {x1}; array checksum matches: {same}")
-            if x1 != "42" or not same:
-                raise SystemExit("    state was not restored")
+            check_state(server, kernel, "42", digest, "array")
             show(agent.cli("ps").stdout)
 
         with step("change 1% of the array, checkpoint again (--leave-running): only changed pages are written"):
@@ -133,14 +138,7 @@ def main():
             lazy = agent.json("restore", second["checkpoint"]["id"], "--lazy")
             print(f"    running after {lazy['timings']['total_seconds']:.3f} s with {lazy['pages']['materialized']} "
                   f"pages written; {lazy['pages']['lazy']} pages left to fault in from the store")
-            server.wait_ready(timeout=30)
-            conn = server.connect(kernel, session_id="demo")
-            x1 = conn.eval("x + 1")
-            same = conn.eval("hashlib.sha256(arr.tobytes()).hexdigest()") == digest
-            conn.close()
-            print(f"    x + 1 = {x1}; changed array's checksum matches: {same}")
-            if x1 != "44" or not same:
-                raise SystemExit("    state was not restored")
+            check_state(server, kernel, "44", digest, "changed array")
             deadline = time.time() + 120
             while agent.sessions()["alice"]["lazy"]["paging_in"] and time.time() < deadline:
                 time.sleep(0.1)

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <ctime>
 
+#include "agent_progress.h"
 #include "checkpoint_pages.h"
 #include "elsa/engine/session_process.h"
 #include "elsa/file_util.h"
@@ -15,13 +16,7 @@
 namespace elsa {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double SecondsSince(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-void Report(const ProgressFn& progress, const std::string& phase, const std::string& detail) {
-  if (progress) progress(phase, detail);
-}
+using Clock = AgentClock;
 
 }  // namespace
 

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdio>
 
+#include "agent_progress.h"
 #include "checkpoint_pages.h"
 #include "elsa/engine/agent.h"
 #include "elsa/engine/session_process.h"
@@ -20,14 +21,8 @@
 namespace elsa {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using Clock = AgentClock;
 using namespace std::chrono_literals;
-
-double SecondsSince(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-void Say(const ProgressFn& progress, const std::string& phase, const std::string& detail) {
-  if (progress) progress(phase, detail);
-}
 
 std::string MiB(uint64_t bytes) {
   char buf[32];
@@ -64,7 +59,7 @@ Result<MigrateReport> Agent::Migrate(const std::string& name, const MigrateOptio
     ELSA_ASSIGN_OR_RETURN(transport::Backend backend, transport::ParseBackend(config_.peer_backend));
     ELSA_ASSIGN_OR_RETURN(auto transport, transport::MakeTransport(backend));
     const transport::ChannelOptions channel_options = config_.PeerChannelOptions();
-    Say(progress, "connect", "to " + out.destination);
+    Report(progress, "connect", "to " + out.destination);
     ELSA_ASSIGN_OR_RETURN(channel, transport->Connect({destination.first, destination.second}, channel_options));
     nlohmann::json session = {{"name", info.name}, {"command", info.command}, {"workdir", info.workdir},
                               {"started_at", info.started_at}};
@@ -92,7 +87,7 @@ Result<MigrateReport> Agent::Migrate(const std::string& name, const MigrateOptio
       out.rounds.push_back(r);
       out.bytes_precopy += r.pages_sent * transport::kPageSize;
       const double rate = static_cast<double>(r.pages_sent * transport::kPageSize) / std::max(r.seconds, 1e-3);
-      Say(progress, "precopy", "round " + std::to_string(round) + ": " + std::to_string(r.pages_scanned) +
+      Report(progress, "precopy", "round " + std::to_string(round) + ": " + std::to_string(r.pages_scanned) +
                                    " pages scanned, " + std::to_string(r.pages_sent) + " sent (" +
                                    MiB(r.pages_sent * transport::kPageSize) + ") in " +
                                    std::to_string(r.seconds).substr(0, 5) + " s");
@@ -120,7 +115,7 @@ Result<MigrateReport> Agent::Migrate(const std::string& name, const MigrateOptio
     Manifest manifest = ManifestFor(info, criu_version);
     manifest.id = "migrating";  // B names the checkpoint it commits
 
-    Say(progress, "freeze", "freezing and dumping pid " + std::to_string(info.pid) + "; sending the pages " +
+    Report(progress, "freeze", "freezing and dumping pid " + std::to_string(info.pid) + "; sending the pages " +
                                 out.destination + " lacks");
     const auto freeze = Clock::now();
     const auto wire_before_stop = channel->Stats().payload_bytes_sent;
@@ -142,14 +137,14 @@ Result<MigrateReport> Agent::Migrate(const std::string& name, const MigrateOptio
     manifest.dump_seconds = dumped->seconds;
 
     const auto transfer = Clock::now();
-    Say(progress, "transfer", std::to_string(received->pages_new) + " pages changed since pre-copy, " +
+    Report(progress, "transfer", std::to_string(received->pages_new) + " pages changed since pre-copy, " +
                                   std::to_string(out.pages_deduplicated) + " already there; sending the images");
     ELSA_RETURN_IF_ERROR(SendDirectoryFiles(*channel, dump_dir).status().WithContext("sending the images"));
     ELSA_RETURN_IF_ERROR(channel->Flush(300s).WithContext("delivering the images"));
     out.transfer_seconds = SecondsSince(transfer);
     out.bytes_stop = channel->Stats().payload_bytes_sent - wire_before_stop;
 
-    Say(progress, "restore", "restoring on " + out.destination);
+    Report(progress, "restore", "restoring on " + out.destination);
     const auto restore = Clock::now();
     ELSA_RETURN_IF_ERROR(channel->Send(peer::EncodeControl(
         "restore", {{"manifest", nlohmann::json::parse(ManifestToJson(manifest))}, {"lazy", options.mode == "hybrid"}}), 0));

@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 
@@ -14,26 +15,8 @@ import websocket
 
 from proxy_util import REPO, SYSTEM_PATH, elsa_proxy_bin, free_port, wait_port
 
-sys_path = os.path.join(REPO, "tools", "pylib")
-
-
-def tree(root):
-    """Pids under root (from /proc), root included."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry))
-            except (OSError, IndexError, ValueError):
-                pass
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
+sys.path.insert(0, os.path.join(REPO, "tools", "pylib"))
+from elsa_agent import tree_pids as tree  # noqa: E402
 
 
 @pytest.fixture
