@@ -1,0 +1,95 @@
+"""An asyncio client for elsad's API (JSON lines over its Unix socket), and the translation of the
+agent's progress events into phases with a percentage.
+
+The agent answers one request per connection: zero or more `{"event": "progress", "phase",
+"detail"}` lines while it works, then `{"ok": true, "result": ...}` or `{"ok": false, "error":
+{"code", "message"}}` (engine/src/api_server.cc).
+"""
+
+import asyncio
+import json
+import re
+
+
+class AgentError(RuntimeError):
+    def __init__(self, host, op, code, message):
+        self.host, self.op, self.code = host, op, code
+        super().__init__(f"elsad on {host}: {op} failed ({code}): {message}")
+
+
+class AgentClient:
+    def __init__(self, host):
+        self.host = host  # config.Host
+
+    async def call(self, op, on_event=None, timeout=900, **fields):
+        request = {"op": op, **{k: v for k, v in fields.items() if v is not None}}
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(self.host.socket, limit=64 * 2**20), 10)
+        except (OSError, asyncio.TimeoutError) as e:
+            raise AgentError(self.host.name, op, "unavailable",
+                             f"cannot reach the agent at {self.host.socket} ({e or 'timeout'}); is elsad running there "
+                             "(as root, with this --socket)?") from None
+        try:
+            writer.write((json.dumps(request) + "\n").encode())
+            await writer.drain()
+            while True:
+                line = await asyncio.wait_for(reader.readline(), timeout)
+                if not line:
+                    raise AgentError(self.host.name, op, "unavailable", "the agent closed the connection without an answer")
+                msg = json.loads(line)
+                if "event" in msg:
+                    if on_event:
+                        on_event(msg)
+                    continue
+                if msg.get("ok"):
+                    return msg.get("result", {})
+                err = msg.get("error", {})
+                raise AgentError(self.host.name, op, err.get("code", "?"), err.get("message", str(msg)))
+        except asyncio.TimeoutError:
+            raise AgentError(self.host.name, op, "timeout", f"no answer within {timeout} s") from None
+        finally:
+            writer.close()
+
+    async def sessions(self):
+        return {s["name"]: s for s in await self.call("ps", timeout=30)}
+
+    async def checkpoints(self):
+        return await self.call("checkpoints", timeout=60)
+
+
+# Progress. The agent reports phases in a fixed order per operation, with counts in the detail
+# text (pages, MiB, files); the percentage is the phase's place in that order, refined by the
+# pre-copy rounds, which is what a progress bar can honestly say before the operation ends.
+_RESTORE = {"verify": 10, "pages": 30, "lazy": 45, "restore": 55, "criu": 70}
+_CHECKPOINT = {"dump": 10, "criu": 30, "pages": 60, "commit": 80}
+_MIGRATE = {"connect": 5, "precopy": 15, "freeze": 60, "criu": 65, "transfer": 75, "restore": 85}
+PHASE_PERCENT = {"restore": _RESTORE, "checkpoint": _CHECKPOINT, "migrate": _MIGRATE}
+
+_ROUND = re.compile(r"round (\d+): (\d+) pages scanned, (\d+) sent")
+
+
+def progress_percent(operation, event, previous=0):
+    """Percentage (0-100, never going back) for an agent progress event of `operation`."""
+    phase, detail = event.get("phase", ""), event.get("detail", "")
+    pct = PHASE_PERCENT.get(operation, {}).get(phase, previous)
+    if operation == "migrate" and phase == "precopy":
+        m = _ROUND.search(detail)
+        if m:  # each round sends less; rounds 1..8 fill 15%..55%
+            pct = 15 + min(40, 40 * (1 - 0.5 ** int(m.group(1))))
+    return max(previous, int(pct))
+
+
+def event_bytes(event):
+    """Bytes the event's detail speaks of (pages sent/scanned or MiB), or None."""
+    detail = event.get("detail", "")
+    m = _ROUND.search(detail)
+    if m:
+        return int(m.group(3)) * 4096
+    m = re.search(r"([\d.]+) MiB", detail)
+    if m:
+        return int(float(m.group(1)) * 2**20)
+    m = re.search(r"(\d+) pages", detail)
+    if m:
+        return int(m.group(1)) * 4096
+    return None

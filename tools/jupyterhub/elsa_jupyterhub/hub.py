@@ -1,0 +1,57 @@
+"""The service's own calls to the hub's REST API (with the token the hub gives a managed service)."""
+
+import asyncio
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+
+
+class HubError(RuntimeError):
+    pass
+
+
+class HubClient:
+    def __init__(self, api_url=None, token=None):
+        self.api_url = (api_url or os.environ.get("JUPYTERHUB_API_URL", "")).rstrip("/")
+        self.token = token or os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        if not self.api_url or not self.token:
+            raise HubError("JUPYTERHUB_API_URL and JUPYTERHUB_API_TOKEN are not set: run elsa-hub-service as a "
+                           "JupyterHub service (c.JupyterHub.services), which sets them")
+
+    def _request(self, method, path, body=None):
+        req = urllib.request.Request(self.api_url + path, method=method,
+                                     data=json.dumps(body).encode() if body is not None else None)
+        req.add_header("Authorization", f"token {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                text = r.read()
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return None
+            raise HubError(f"hub {method} {path}: HTTP {e.code}: {e.read()[:300]!r}") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise HubError(f"hub API at {self.api_url} unreachable: {e}") from None
+        return json.loads(text) if text else {}
+
+    async def call(self, method, path, body=None):
+        return await asyncio.to_thread(self._request, method, path, body)
+
+    async def user(self, name):
+        return await self.call("GET", "/users/" + urllib.parse.quote(name, safe=""))
+
+    async def server_state(self, user, server=""):
+        """The spawner state of a user's server as the hub records it (needs admin:server_state)."""
+        model = await self.user(user)
+        srv = (model or {}).get("servers", {}).get(server or "")
+        return (srv or {}).get("state")
+
+    async def users(self):
+        return await self.call("GET", "/users?state=active") or []
+
+    async def stop_server(self, user, server=""):
+        path = "/users/" + urllib.parse.quote(user, safe="") + "/server"
+        if server:
+            path += "s/" + urllib.parse.quote(server, safe="")
+        return await self.call("DELETE", path)
