@@ -133,6 +133,8 @@ c.JupyterHub.db_url = 'sqlite:///{self.tmp}/jupyterhub.sqlite'
 c.JupyterHub.cookie_secret_file = '{self.tmp}/cookie_secret'
 c.JupyterHub.custom_scopes = {{'custom:elsa:admin': {{'description': 'Elsa: act on every user\\'s sessions'}}}}
 c.JupyterHub.load_roles = [
+    # Users' own API tokens may call the service too (OAuth tokens get this from the login).
+    {{'name': 'user', 'scopes': ['self', 'access:services!service=elsa']}},
     {{'name': 'elsa-admin', 'scopes': ['custom:elsa:admin'], 'users': ['admin']}},
     {{'name': 'elsa-service', 'services': ['elsa'],
      'scopes': ['list:users', 'read:users', 'read:servers', 'admin:server_state', 'delete:servers']}},

@@ -194,10 +194,10 @@ class Checkpoint(Base):
         user = self.user_or_401()
         found = next((c for c in await self.ops.fleet.checkpoints() if c["id"] == checkpoint_id), None)
         owner = owner_of(found["session"])[0] if found else None
-        # The same answer for "not yours" and "does not exist": no probing other users' ids.
-        if found is None or (owner != user["name"] and not self.is_admin(user)):
-            raise web.HTTPError(404 if self.is_admin(user) or found is None else 403,
-                                f"no checkpoint {checkpoint_id} of yours")
+        if found is None:
+            raise web.HTTPError(404, f"no checkpoint {checkpoint_id} on any reachable host")
+        if owner != user["name"] and not self.is_admin(user):
+            raise web.HTTPError(403, f"checkpoint {checkpoint_id} is not {user['name']}'s")
         try:
             result = await self.ops.fleet.client(found["host"]).call("rm", checkpoint=checkpoint_id, timeout=300)
         except AgentError as e:
