@@ -82,3 +82,35 @@ def test_stop_checkpoints_and_start_restores_across_a_hub_restart(stack):
     stack.start_server(user, {"fresh": True, "host": "h2"})
     assert stack.where(session) == "h2"
     assert stack.agents["h2"].sessions()[session]["restored_from"] == "", "fresh means not restored"
+
+
+def test_checkpoint_after_stops_idle_servers_into_checkpoints(stack):
+    """elsa-hub-service's --checkpoint-after round (the culler's job where Debian has no culler),
+    run here with the culler's token and scopes against the live hub."""
+    import asyncio
+    import sys
+
+    from hubstack import PKG, HUB_PORT
+
+    sys.path.insert(0, PKG)
+    from elsa_jupyterhub import config as elsa_config
+    from elsa_jupyterhub.hub import HubClient
+    from elsa_jupyterhub.operations import Operations
+    from elsa_jupyterhub.service import checkpoint_idle_round
+
+    user = "hana"
+    stack.start_server(user, {"host": "h2"})
+    hub = HubClient(f"http://{stack.h3}:{HUB_PORT}/hub/api", CULLER_TOKEN)
+    ops = Operations(elsa_config.load(stack.elsa_config), None, hub)
+    asyncio.run(checkpoint_idle_round(ops, 3600))
+    assert stack.hub_server(user) is not None, "not idle for an hour: left running"
+    time.sleep(4)
+    asyncio.run(checkpoint_idle_round(ops, 3))
+    deadline = time.monotonic() + 60
+    while stack.hub_server(user) is not None:
+        assert time.monotonic() < deadline, "the idle server was not stopped"
+        time.sleep(0.3)
+    assert stack.where("jh-hana") is None
+    assert any(c["session"] == "jh-hana" for c in stack.agents["h2"].json("checkpoints")), "it was checkpointed"
+    stack.start_server(user)
+    assert stack.where("jh-hana") == "h2" and stack.agents["h2"].sessions()["jh-hana"]["restored_from"]

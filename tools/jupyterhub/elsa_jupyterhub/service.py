@@ -125,7 +125,9 @@ async def session_rows(ops, only_user=None):
     for host, ss in sessions.items():
         for s in ss.values():
             user, server = owner_of(s["name"])
-            if user is None or (only_user is not None and user != only_user):
+            # The agent also lists sessions it checkpointed or saw exit: those are not running
+            # anywhere; their checkpoints are listed separately.
+            if user is None or (only_user is not None and user != only_user) or s.get("state") != "running":
                 continue
             rows.append({"session": s["name"], "user": user, "server": server, "host": host, "state": s["state"],
                          "rss_bytes": s.get("rss_bytes", 0), "uptime_seconds": s.get("uptime_seconds", 0),
