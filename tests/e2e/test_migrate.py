@@ -15,6 +15,7 @@ from test_checkpoint_restore import CHECK_ARRAY, set_state
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tools"))
 
 PEER_PORT = 7077
+SESSION_MIB = 512  # the kernel's array in the migration tests
 
 
 @pytest.fixture
@@ -30,12 +31,12 @@ def host_agent(bin_dir, hosts, host, secret_file):
                      extra_args=["--listen", f"{hosts.address(host)}:{PEER_PORT}", "--peer-secret-file", secret_file])
 
 
-def run_on_h1(a1, hosts, workdir):
+def run_on_h1(a1, hosts, workdir, mib=SESSION_MIB):
     with hosts.inside("h1"):
         server = start_jupyter(a1, "alice", workdir, host="0.0.0.0")
     at_h1 = JupyterServer(hosts.address("h1"), server.port, server.token)
     with hosts.inside("h2"):
-        kernel = set_state(at_h1)  # closes its websocket: no connection from outside at the freeze
+        kernel = set_state(at_h1, mib)  # closes its websocket: no connection from outside at the freeze
     return server, kernel
 
 
@@ -54,7 +55,7 @@ writer.start()
 """
 
 
-@pytest.mark.parametrize("mode", ["precopy", "hybrid"])
+@pytest.mark.parametrize("mode", ["precopy", "postcopy", "hybrid"])
 def test_a_session_moves_with_its_kernel_state(hosts, bin_dir, workdir, secret_file, mode):
     with host_agent(bin_dir, hosts, "h1", secret_file) as a1, host_agent(bin_dir, hosts, "h2", secret_file) as a2:
         server, kernel = run_on_h1(a1, hosts, workdir)
@@ -67,9 +68,19 @@ def test_a_session_moves_with_its_kernel_state(hosts, bin_dir, workdir, secret_f
         report = a1.json("migrate", "alice", "--to", hosts.address("h2"), "--mode", mode)
         print(report)
         assert report["address"] == hosts.address("h2")
-        assert report["precopy_rounds"], "pre-copy ran"
-        assert report["pages"]["dumped"] > 0
-        assert report["pages"]["deduplicated"] > report["pages"]["dumped"] * 0.5, "pre-copy delivered most pages"
+        pages = report["pages"]
+        session_pages = SESSION_MIB * 256
+        if mode == "postcopy":
+            assert not report["precopy_rounds"]
+            assert pages["lazy"] >= session_pages, "the array's memory followed the session"
+            assert pages["postcopy"] >= session_pages * 0.9, "post-copy sent it"
+        else:
+            assert report["precopy_rounds"], "pre-copy ran"
+            assert pages["dumped"] >= session_pages
+            assert pages["deduplicated"] >= session_pages * 0.9, "pre-copy delivered most pages"
+        if mode == "hybrid":
+            assert pages["lazy"] >= session_pages and pages["postcopy"] < session_pages * 0.1, \
+                "after pre-copy, post-copy sent only what changed"
         assert "alice" not in a1.sessions(), "h1 let it go"
         assert not [p for p in pids if alive(p)], "nothing left running on h1"
         assert a2.sessions()["alice"]["state"] == "running"
