@@ -3,7 +3,9 @@
 // while it already runs here. Until the source says `commit`, the copy here is not the session:
 // any failure ends it, and the source resumes its own.
 #include <signal.h>
+#include <unistd.h>
 
+#include <cctype>
 #include <cstdio>
 #include <sstream>
 
@@ -43,23 +45,40 @@ MemoryRoom RoomForMemory() {
   }
   auto self = ReadFile("/proc/self/cgroup");
   if (!self.ok()) return room;
-  const size_t at = self->find("0::");
-  if (at == std::string::npos) return room;
-  std::string path = self->substr(at + 3);
-  path = path.substr(0, path.find('\n'));
-  for (;;) {
-    const std::string dir = "/sys/fs/cgroup" + (path == "/" ? std::string() : path);
-    auto max = ReadFile(dir + "/memory.max");
-    auto current = ReadFile(dir + "/memory.current");
-    if (max.ok() && current.ok() && max->rfind("max", 0) != 0) {
-      const uint64_t limit = std::stoull(*max), used = std::stoull(*current);
-      const uint64_t left = limit > used ? limit - used : 0;
-      if (left < room.bytes) room = {left, "cgroup " + path + " (memory.max " + MiB(limit) + ", " + MiB(used) + " used)"};
-    }
-    if (path == "/" || path.empty()) break;
-    const size_t slash = path.rfind('/');
-    path = slash == 0 ? "/" : path.substr(0, slash);
+  // cgroup v2 ("0::/path": memory.max, "max" when unlimited) or v1 ("N:memory:/path":
+  // memory.limit_in_bytes, a huge number when unlimited).
+  std::string v2_path, v1_path;
+  std::istringstream lines(*self);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind("0::", 0) == 0) v2_path = line.substr(3);
+    const size_t first = line.find(':');
+    if (first != std::string::npos && line.compare(first + 1, 7, "memory:") == 0) v1_path = line.substr(first + 8);
   }
+  auto visit = [&](const std::string& mount, std::string path, const char* limit_file, const char* usage_file) {
+    for (;;) {
+      const std::string dir = mount + (path == "/" ? std::string() : path);
+      auto max = ReadFile(dir + "/" + limit_file);
+      auto current = ReadFile(dir + "/" + usage_file);
+      if (max.ok() && current.ok() && !max->empty() && std::isdigit(static_cast<unsigned char>((*max)[0]))) {
+        const uint64_t limit = std::stoull(*max), used = std::stoull(*current);
+        const uint64_t left = limit > used ? limit - used : 0;
+        if (limit < (1ull << 62) && left < room.bytes)
+          room = {left, "cgroup " + path + " (memory limit " + MiB(limit) + ", " + MiB(used) + " used)"};
+      }
+      if (path == "/" || path.empty()) return;
+      const size_t slash = path.rfind('/');
+      path = slash == 0 ? "/" : path.substr(0, slash);
+    }
+  };
+  // `ip netns exec` (a simulated host) mounts a fresh /sys without the cgroup filesystems; the
+  // host's are still there through init's root.
+  const std::string cgroup_root =
+      ::access("/sys/fs/cgroup/cgroup.controllers", F_OK) == 0 || ::access("/sys/fs/cgroup/memory", F_OK) == 0
+          ? "/sys/fs/cgroup"
+          : "/proc/1/root/sys/fs/cgroup";
+  if (!v2_path.empty()) visit(cgroup_root, v2_path, "memory.max", "memory.current");
+  if (!v2_path.empty()) visit(cgroup_root + "/unified", v2_path, "memory.max", "memory.current");
+  if (!v1_path.empty()) visit(cgroup_root + "/memory", v1_path, "memory.limit_in_bytes", "memory.usage_in_bytes");
   return room;
 }
 
@@ -111,7 +130,10 @@ Status Agent::AcceptMigration(transport::Channel& channel) {
   // Refused now, while the session still runs at the source, rather than killed by the OOM
   // killer here once the source is gone. 10% headroom for what the restore itself needs.
   const uint64_t memory = begin.body.value("memory_bytes", uint64_t{0});
-  if (const MemoryRoom room = RoomForMemory(); memory + memory / 10 > room.bytes)
+  const MemoryRoom room = RoomForMemory();
+  std::fprintf(stderr, "elsad: incoming migration of %s (%s): it uses %s; %s leaves %s\n", name.c_str(), mode.c_str(),
+               MiB(memory).c_str(), room.limited_by.c_str(), MiB(room.bytes).c_str());
+  if (memory + memory / 10 > room.bytes)
     return refuse(Status::FailedPrecondition("not enough memory here for session '" + name + "': it uses " +
                                              MiB(memory) + ", and " + room.limited_by + " leaves " + MiB(room.bytes)));
   if (Status free = ReserveName(name); !free.ok()) return refuse(free);
