@@ -253,11 +253,14 @@ Manifest Agent::ManifestFor(const SessionInfo& info, const std::string& criu_ver
 }
 
 Result<CriuOutcome> Agent::SerializedDump(CriuDriver& criu, const CriuDumpRequest& request,
-                                          const ProgressFn& progress) {
+                                          const ProgressFn& progress, const CriuNotifyFn& on_event) {
   // One CRIU dump at a time: CRIU's parasite mounts /proc at `proc.crtools` in each dumped
   // task's working directory, so two dumps of tasks sharing a directory fail with EEXIST.
   std::lock_guard one_dump(dump_mu_);
-  return criu.Dump(request, [&](const std::string& event) { Report(progress, "criu", event); });
+  return criu.Dump(request, [&](const std::string& event) {
+    Report(progress, "criu", event);
+    if (on_event) on_event(event);
+  });
 }
 
 Result<CheckpointReport> Agent::Checkpoint(const std::string& name, bool leave_running, const ProgressFn& progress) {
@@ -345,7 +348,6 @@ Result<RestoreReport> Agent::Restore(const std::string& checkpoint_id, const Res
   ELSA_RETURN_IF_ERROR(ReserveName(name).WithContext("restore under another name with --name"));
   auto release_name = [&] { ReleaseName(name); };
 
-  std::unique_ptr<Session> replaced;
   auto report = [&]() -> Result<RestoreReport> {
     RestoreReport out;
     out.checkpoint_id = checkpoint_id;
@@ -390,44 +392,56 @@ Result<RestoreReport> Agent::Restore(const std::string& checkpoint_id, const Res
       Report(progress, "lazy", "starting criu lazy-pages and our lazy page server for " +
                                    std::to_string(out.pages_lazy) + " pages");
       ELSA_ASSIGN_OR_RETURN(supply, pages_->StartLazySupply(criu, checkpoint_dir, staging));
+      cleanup.path.clear();  // the staging directory is the lazy daemon's until it is done
     }
-    ELSA_ASSIGN_OR_RETURN(UniqueFd images_fd, OpenDirectory(images_dir));
-    ELSA_ASSIGN_OR_RETURN(UniqueFd work_fd, OpenDirectory(staging));
-
-    ELSA_ASSIGN_OR_RETURN(OutputPipe pipe, OutputPipe::Create());
-    CriuRestoreRequest request{images_fd.get(), work_fd.get(), {}, options.lazy};
-    for (const auto& key : manifest.output_pipes) request.inherit_fds.emplace_back(key, pipe.write_end.get());
-
-    Report(progress, "restore", "restoring with CRIU from " + checkpoint_dir + (options.lazy ? " (lazily)" : ""));
-    ELSA_ASSIGN_OR_RETURN(CriuOutcome outcome, criu.Restore(request, [&](const std::string& event) {
-                            Report(progress, "criu", event);
-                          }));
-    pipe.write_end.Reset();
-    out.restore_seconds = outcome.seconds;
-    out.criu_events = outcome.notifications;
-
     SessionInfo info;
     info.name = name;
-    info.pid = outcome.restored_pid;
     info.command = manifest.command;
     info.workdir = manifest.workdir;
     info.started_at = manifest.session_started_at;
     info.restored_from = checkpoint_id;
     info.last_checkpoint = checkpoint_id;
-    info.paging_in = options.lazy;
-    std::lock_guard lock(mu_);
-    ELSA_ASSIGN_OR_RETURN(out.session, AdoptLocked(std::move(info), std::move(pipe.read_end), &replaced));
-    if (supply) {
-      FinishPagingIn(sessions_.at(name)->serial, std::move(supply), staging);
-      cleanup.path.clear();  // the staging directory is the lazy daemon's until it is done
-    }
+    Report(progress, "restore", "restoring with CRIU from " + checkpoint_dir + (options.lazy ? " (lazily)" : ""));
+    CriuOutcome outcome;
+    ELSA_ASSIGN_OR_RETURN(out.session, RestoreAndAdopt(std::move(info), manifest.output_pipes, images_dir, staging,
+                                                       std::move(supply), progress, &outcome));
+    out.restore_seconds = outcome.seconds;
+    out.criu_events = outcome.notifications;
     out.total_seconds = SecondsSince(start);
     return out;
   }();
   release_name();
-  replaced.reset();
   if (!report.ok()) return report.status().WithContext("restore of " + checkpoint_id);
   return report;
+}
+
+Result<SessionInfo> Agent::RestoreAndAdopt(SessionInfo info, const std::vector<std::string>& output_pipes,
+                                           const std::string& images_dir, const std::string& staging,
+                                           std::unique_ptr<LazyPageSupply> supply, const ProgressFn& progress,
+                                           CriuOutcome* outcome) {
+  ELSA_ASSIGN_OR_RETURN(std::string criu_binary, CriuBinary());
+  CriuDriver criu(criu_binary);
+  auto remove_staging = [&] {
+    if (supply) (void)RemoveTree(staging);  // the supply's daemon worked there; nobody else will
+  };
+  std::unique_ptr<Session> replaced;  // an exited session of the same name, destroyed unlocked
+  auto restored = [&]() -> Result<SessionInfo> {
+    ELSA_ASSIGN_OR_RETURN(UniqueFd images_fd, OpenDirectory(images_dir));
+    ELSA_ASSIGN_OR_RETURN(UniqueFd work_fd, OpenDirectory(staging));
+    ELSA_ASSIGN_OR_RETURN(OutputPipe pipe, OutputPipe::Create());
+    CriuRestoreRequest request{images_fd.get(), work_fd.get(), {}, supply != nullptr};
+    for (const auto& key : output_pipes) request.inherit_fds.emplace_back(key, pipe.write_end.get());
+    ELSA_ASSIGN_OR_RETURN(*outcome, criu.Restore(request, [&](const std::string& event) { Report(progress, "criu", event); }));
+    pipe.write_end.Reset();
+    info.pid = outcome->restored_pid;
+    info.paging_in = supply != nullptr;
+    std::lock_guard lock(mu_);
+    ELSA_ASSIGN_OR_RETURN(SessionInfo adopted, AdoptLocked(std::move(info), std::move(pipe.read_end), &replaced));
+    if (supply) FinishPagingIn(sessions_.at(adopted.name)->serial, std::move(supply), staging);
+    return adopted;
+  }();
+  if (!restored.ok()) remove_staging();
+  return restored;
 }
 
 void Agent::FinishPagingIn(uint64_t serial, std::unique_ptr<LazyPageSupply> supply, std::string staging) {

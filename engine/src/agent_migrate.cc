@@ -1,13 +1,17 @@
-// The agent's two sides of a live migration (peer_protocol.h has the conversation):
-//   source: pre-copy rounds while the session runs, then freeze + dump (pages the destination
-//           lacks forwarded as CRIU hands them over), images shipped, restore on the
-//           destination, and only then the source's stopped copy ended;
-//   destination: pages into its store, images into a pending checkpoint, commit, restore.
-// Until the destination reports the session running, every failure resumes it on the source.
+// The source's side of a live migration (peer_protocol.h has the conversation; the destination's
+// side is agent_accept.cc):
+//   precopy:  rounds while the session runs, then freeze + dump with the pages the destination
+//             lacks forwarded as CRIU hands them over, images shipped, restore on the destination;
+//   postcopy: freeze + lazy dump (no memory), images shipped, restore on the destination, then
+//             the memory pushed from the stopped tree while the session runs there;
+//   hybrid:   pre-copy rounds, then post-copy for what changed since.
+// The source's stopped copy ends only when the destination runs the session and holds all of
+// its memory; until then every failure resumes it here.
 #include <signal.h>
 
 #include <chrono>
 #include <cstdio>
+#include <future>
 
 #include "agent_progress.h"
 #include "checkpoint_pages.h"
@@ -16,6 +20,7 @@
 #include "elsa/file_util.h"
 #include "migration.h"
 #include "peer_protocol.h"
+#include "postcopy.h"
 #include "tree_memory.h"
 
 namespace elsa {
@@ -30,16 +35,24 @@ std::string MiB(uint64_t bytes) {
   return buf;
 }
 
+std::string Fixed(double value, int decimals) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.*f", decimals, value);
+  return buf;
+}
+
 }  // namespace
 
 Result<MigrateReport> Agent::Migrate(const std::string& name, const MigrateOptions& options,
                                      const ProgressFn& progress) {
   ELSA_RETURN_IF_ERROR(ValidateIdentifier("session name", name));
-  if (options.mode != "precopy" && options.mode != "hybrid")
-    return Status::InvalidArgument("mode '" + options.mode + "': precopy or hybrid (postcopy is not built yet)");
+  if (options.mode != "precopy" && options.mode != "postcopy" && options.mode != "hybrid")
+    return Status::InvalidArgument("mode '" + options.mode + "': precopy, postcopy or hybrid");
   if (config_.peer_secret.empty())
     return Status::FailedPrecondition("this agent has no peer secret: start elsad with --peer-secret-file");
   ELSA_ASSIGN_OR_RETURN(auto destination, peer::ParseHostPort(options.to));
+  const bool precopy_rounds = options.mode != "postcopy";
+  const bool postcopy = options.mode != "precopy";
   const auto start = Clock::now();
   ELSA_ASSIGN_OR_RETURN(auto claimed, ClaimRunning(name));
   const SessionInfo info = claimed.first;
@@ -59,11 +72,14 @@ Result<MigrateReport> Agent::Migrate(const std::string& name, const MigrateOptio
     ELSA_ASSIGN_OR_RETURN(transport::Backend backend, transport::ParseBackend(config_.peer_backend));
     ELSA_ASSIGN_OR_RETURN(auto transport, transport::MakeTransport(backend));
     const transport::ChannelOptions channel_options = config_.PeerChannelOptions();
+    const auto patience = std::chrono::milliseconds(config_.peer_timeout_ms);
     Report(progress, "connect", "to " + out.destination);
     ELSA_ASSIGN_OR_RETURN(channel, transport->Connect({destination.first, destination.second}, channel_options));
+    const uint64_t memory_bytes = TreeResidentBytes(info.pid);
     nlohmann::json session = {{"name", info.name}, {"command", info.command}, {"workdir", info.workdir},
                               {"started_at", info.started_at}};
-    ELSA_RETURN_IF_ERROR(channel->Send(peer::EncodeControl("begin", {{"session", session}, {"mode", options.mode}}), 0));
+    ELSA_RETURN_IF_ERROR(channel->Send(
+        peer::EncodeControl("begin", {{"session", session}, {"mode", options.mode}, {"memory_bytes", memory_bytes}}), 0));
     ELSA_RETURN_IF_ERROR(ReceiveControl(*channel, 30s).status().WithContext("waiting for the destination to get ready"));
 
     // Pre-copy: rounds over the running tree's memory; a page goes over once per content.
@@ -71,7 +87,7 @@ Result<MigrateReport> Agent::Migrate(const std::string& name, const MigrateOptio
     ForwardingSink forward(*channel, known);
     const auto precopy_start = Clock::now();
     uint64_t previous_sent = UINT64_MAX;
-    for (int round = 1; round <= options.max_rounds; ++round) {
+    for (int round = 1; precopy_rounds && round <= options.max_rounds; ++round) {
       MigrationRound r;
       const auto round_start = Clock::now();
       std::vector<page_server::PageHash> hashes(256);
@@ -87,58 +103,110 @@ Result<MigrateReport> Agent::Migrate(const std::string& name, const MigrateOptio
       out.rounds.push_back(r);
       out.bytes_precopy += r.pages_sent * transport::kPageSize;
       const double rate = static_cast<double>(r.pages_sent * transport::kPageSize) / std::max(r.seconds, 1e-3);
-      Report(progress, "precopy", "round " + std::to_string(round) + ": " + std::to_string(r.pages_scanned) +
-                                   " pages scanned, " + std::to_string(r.pages_sent) + " sent (" +
-                                   MiB(r.pages_sent * transport::kPageSize) + ") in " +
-                                   std::to_string(r.seconds).substr(0, 5) + " s");
-      // What the next round would send is about what this one found changed; stop once that
-      // fits in the downtime budget, or when rounds stop shrinking it.
+      // What changed during this round is what the next one sends: the dirty rate.
+      const double dirty_rate = round > 1 ? rate : 0;
       const double left_seconds = rate > 0 ? static_cast<double>(r.pages_sent * transport::kPageSize) / rate : 0;
+      Report(progress, "precopy",
+             "round " + std::to_string(round) + ": " + MiB(r.pages_scanned * transport::kPageSize) + " scanned, " +
+                 MiB(r.pages_sent * transport::kPageSize) + " sent in " + Fixed(r.seconds, 2) + " s (" +
+                 MiB(static_cast<uint64_t>(rate)) + "/s" +
+                 (round > 1 ? ", dirtied " + MiB(static_cast<uint64_t>(dirty_rate)) + "/s" : std::string()) +
+                 "); next round ~" + Fixed(left_seconds, 2) + " s");
+      // Stop once what is left fits in the downtime budget (post-copy: it costs no downtime
+      // but every page left is one the session may wait for on the destination), or when
+      // rounds stop shrinking it.
       if (round > 1 && (left_seconds * 1000 <= options.max_downtime_ms / 2.0 || r.pages_sent * 10 >= previous_sent * 9))
         break;
       previous_sent = r.pages_sent;
     }
     out.precopy_seconds = SecondsSince(precopy_start);
 
-    // Freeze and dump; CRIU hands the pages to our receiver, which forwards those B lacks.
     ELSA_ASSIGN_OR_RETURN(std::string criu_binary, CriuBinary());
     CriuDriver criu(criu_binary);
     ELSA_ASSIGN_OR_RETURN(std::string criu_version, criu.Version());
     const std::string dump_dir = config_.state_dir + "/run/migrate-" + name;
+    const std::string criu_conf = dump_dir + ".criu.conf";
     ELSA_RETURN_IF_ERROR(RemoveTree(dump_dir));
     ELSA_RETURN_IF_ERROR(MakeDirs(dump_dir, 0700));
     struct RemoveOnExit {
-      std::string path;
-      ~RemoveOnExit() { (void)RemoveTree(path); }
-    } cleanup{dump_dir};
+      std::vector<std::string> paths;
+      ~RemoveOnExit() {
+        for (const auto& p : paths) (void)RemoveTree(p);
+      }
+    } cleanup{{dump_dir, criu_conf}};
     ELSA_ASSIGN_OR_RETURN(UniqueFd dir_fd, OpenDirectory(dump_dir));
     Manifest manifest = ManifestFor(info, criu_version);
     manifest.id = "migrating";  // B names the checkpoint it commits
 
-    Report(progress, "freeze", "freezing and dumping pid " + std::to_string(info.pid) + "; sending the pages " +
-                                out.destination + " lacks");
     const auto freeze = Clock::now();
     const auto wire_before_stop = channel->Stats().payload_bytes_sent;
-    ELSA_ASSIGN_OR_RETURN(std::unique_ptr<PageIntake> intake, pages_->StartIntake(dump_dir, &forward));
-    CriuDumpRequest dump = intake->DumpRequest(info.pid, dir_fd.get());
-    dump.leave_stopped = true;
-    Result<CriuOutcome> dumped = SerializedDump(criu, dump, progress);
-    Result<page_server::ReceiverStats> received = intake->Finish(dumped.ok());
-    if (!dumped.ok()) return dumped.status();  // CRIU thawed the tree itself
-    stopped = true;
+    Result<CriuOutcome> dumped = Status::Internal("not dumped");
+    if (!postcopy) {
+      // CRIU hands the pages to our receiver, which forwards those B lacks.
+      Report(progress, "freeze", "freezing and dumping pid " + std::to_string(info.pid) + "; sending the pages " +
+                                  out.destination + " lacks");
+      ELSA_ASSIGN_OR_RETURN(std::unique_ptr<PageIntake> intake, pages_->StartIntake(dump_dir, &forward));
+      CriuDumpRequest dump = intake->DumpRequest(info.pid, dir_fd.get());
+      dump.leave_stopped = true;
+      dumped = SerializedDump(criu, dump, progress);
+      Result<page_server::ReceiverStats> received = intake->Finish(dumped.ok());
+      if (!dumped.ok()) return dumped.status();  // CRIU thawed the tree itself
+      stopped = true;
+      if (!received.ok()) return received.status().WithContext("forwarding the dump's pages");
+      out.pages_dumped = received->pages_present;
+      out.pages_deduplicated = received->pages_present - received->pages_new;
+      manifest.pages_in_store = true;
+      manifest.pages = received->pages_present;
+      manifest.pages_new = received->pages_new;
+    } else {
+      // The memory stays in the stopped tree: CRIU writes everything else, says "status-ready"
+      // and waits for a lazy-pages client, which we are, asking for nothing.
+      Report(progress, "freeze", "freezing and dumping pid " + std::to_string(info.pid) +
+                                  " without its memory, which follows the session to " + out.destination);
+      ELSA_ASSIGN_OR_RETURN(uint16_t lazy_port, page_server::FreeLoopbackPort());
+      ELSA_RETURN_IF_ERROR(WriteFileAtomic(criu_conf, "address 127.0.0.1\n"));
+      CriuDumpRequest dump;
+      dump.pid = info.pid;
+      dump.images_dir_fd = dump.work_dir_fd = dir_fd.get();
+      dump.leave_stopped = true;
+      dump.lazy_pages_port = lazy_port;
+      dump.config_file = criu_conf;
+      std::promise<void> ready;
+      std::future<void> images_written = ready.get_future();
+      bool signalled = false;
+      auto dumping = std::async(std::launch::async, [&] {
+        return SerializedDump(criu, dump, progress, [&](const std::string& event) {
+          if (event == "status-ready" && !signalled) {
+            signalled = true;
+            ready.set_value();
+          }
+        });
+      });
+      while (images_written.wait_for(5ms) != std::future_status::ready &&
+             dumping.wait_for(0ms) != std::future_status::ready) {
+      }
+      Status closed = Status::Ok();
+      if (images_written.wait_for(0ms) == std::future_status::ready) closed = page_server::CloseLazyDumpServer(lazy_port, 30s);
+      dumped = dumping.get();
+      if (!dumped.ok()) return dumped.status();  // CRIU thawed the tree itself
+      stopped = true;
+      ELSA_RETURN_IF_ERROR(closed);
+    }
     if (auto log = ReadFile(dump_dir + "/" + CriuDriver::kDumpLog); log.ok()) lock_table = CriuNetworkLockTable(*log);
-    if (!received.ok()) return received.status().WithContext("forwarding the dump's pages");
     out.dump_seconds = SecondsSince(freeze);
-    out.pages_dumped = received->pages_present;
-    out.pages_deduplicated = received->pages_present - received->pages_new;
-    manifest.pages_in_store = true;
-    manifest.pages = received->pages_present;
-    manifest.pages_new = received->pages_new;
+    out.freeze_seconds = dumped->At("network-lock");
     manifest.dump_seconds = dumped->seconds;
 
+    std::optional<LazyPlan> plan;
+    if (postcopy) {
+      ELSA_ASSIGN_OR_RETURN(plan, LazyPlan::FromImages(dump_dir));
+      out.pages_lazy = plan->pages();
+    }
     const auto transfer = Clock::now();
-    Report(progress, "transfer", std::to_string(received->pages_new) + " pages changed since pre-copy, " +
-                                  std::to_string(out.pages_deduplicated) + " already there; sending the images");
+    Report(progress, "transfer",
+           postcopy ? "sending the images; " + MiB(plan->pages() * transport::kPageSize) + " of memory follows"
+                    : std::to_string(out.pages_dumped - out.pages_deduplicated) + " pages changed since pre-copy, " +
+                          std::to_string(out.pages_deduplicated) + " already there; sending the images");
     ELSA_RETURN_IF_ERROR(SendDirectoryFiles(*channel, dump_dir).status().WithContext("sending the images"));
     ELSA_RETURN_IF_ERROR(channel->Flush(300s).WithContext("delivering the images"));
     out.transfer_seconds = SecondsSince(transfer);
@@ -146,15 +214,43 @@ Result<MigrateReport> Agent::Migrate(const std::string& name, const MigrateOptio
 
     Report(progress, "restore", "restoring on " + out.destination);
     const auto restore = Clock::now();
-    ELSA_RETURN_IF_ERROR(channel->Send(peer::EncodeControl(
-        "restore", {{"manifest", nlohmann::json::parse(ManifestToJson(manifest))}, {"lazy", options.mode == "hybrid"}}), 0));
-    ELSA_ASSIGN_OR_RETURN(peer::Control restored, ReceiveControl(*channel, 300s));
+    // precopy: B restores lazily too, but from its own store: A is not needed once it runs.
+    ELSA_RETURN_IF_ERROR(channel->Send(
+        peer::EncodeControl("restore", {{"manifest", nlohmann::json::parse(ManifestToJson(manifest))}, {"lazy", true}}),
+        0));
+    std::unique_ptr<PostcopyPusher> pusher;
+    if (postcopy) pusher = std::make_unique<PostcopyPusher>(*channel, *plan, HostPidsByVirtualPid(info.pid), known);
+    ELSA_ASSIGN_OR_RETURN(peer::Control restored, pusher ? pusher->AwaitControl(300s) : ReceiveControl(*channel, 300s));
     if (restored.op != "restored") return Status::ProtocolError("expected 'restored', got '" + restored.op + "'");
     out.downtime_seconds = SecondsSince(freeze);
     out.restore_seconds = SecondsSince(restore);
+    out.resume_seconds = restored.body.value("resume_seconds", 0.0);
     out.pid = restored.body.value("pid", 0);
     out.checkpoint_id = restored.body.value("checkpoint", std::string());
-    out.pages_lazy = restored.body.value("pages_lazy", uint64_t{0});
+    if (!postcopy) out.pages_lazy = restored.body.value("pages_lazy", uint64_t{0});
+    Report(progress, "running", "on " + out.destination + " after " + Fixed(out.downtime_seconds * 1000, 0) +
+                                    " ms of downtime");
+
+    if (pusher) {
+      const auto pushing = Clock::now();
+      const auto before = channel->Stats().payload_bytes_sent;
+      auto report_push = [&](uint64_t done, uint64_t total) {
+        const double seconds = SecondsSince(pushing);
+        const double rate = static_cast<double>(done * transport::kPageSize) / std::max(seconds, 1e-3);
+        const double eta = rate > 0 ? static_cast<double>((total - done) * transport::kPageSize) / rate : 0;
+        Report(progress, "postcopy", MiB(done * transport::kPageSize) + " of " + MiB(total * transport::kPageSize) +
+                                         " (" + std::to_string(total ? done * 100 / total : 100) + "%), " +
+                                         MiB(static_cast<uint64_t>(rate)) + "/s, ETA " + Fixed(eta, 1) + " s");
+      };
+      ELSA_ASSIGN_OR_RETURN(PushStats pushed, pusher->Push(patience, report_push));
+      pusher.reset();  // its reader would take the destination's `committed`
+      out.postcopy_seconds = SecondsSince(pushing);
+      out.bytes_postcopy = channel->Stats().payload_bytes_sent - before;
+      out.pages_postcopy = pushed.pages_sent + pushed.pages_faulted;
+      out.pages_faulted = pushed.pages_faulted;
+      out.pages_deduplicated = pushed.pages_referenced;
+      out.pages_dumped = plan->pages();
+    }
     ELSA_RETURN_IF_ERROR(channel->Send(peer::EncodeControl("commit"), 0));
     ELSA_ASSIGN_OR_RETURN(peer::Control committed, ReceiveControl(*channel, 60s));
     if (committed.op != "committed") return Status::ProtocolError("expected 'committed', got '" + committed.op + "'");
@@ -171,7 +267,8 @@ Result<MigrateReport> Agent::Migrate(const std::string& name, const MigrateOptio
     ClearBusy(serial);
     return st.WithContext("migration of '" + name + "' to " + out.destination + " failed; it is running here");
   }
-  // B runs the session: the stopped copy here ends, and so does CRIU's lock on its connections.
+  // B runs the session and holds all of it: the stopped copy here ends, and so does CRIU's
+  // lock on its connections.
   ::kill(info.pid, SIGKILL);
   ::kill(info.pid, SIGCONT);
   if (!lock_table.empty()) (void)DropCriuNetworkLock(lock_table);
@@ -182,97 +279,6 @@ Result<MigrateReport> Agent::Migrate(const std::string& name, const MigrateOptio
   }
   out.total_seconds = SecondsSince(start);
   return out;
-}
-
-Status Agent::AcceptMigration(transport::Channel& channel) {
-  ELSA_ASSIGN_OR_RETURN(peer::Control begin, ReceiveControl(channel, 30s));
-  if (begin.op != "begin") return Status::ProtocolError("a migration starts with 'begin', not '" + begin.op + "'");
-  const nlohmann::json session = begin.body.value("session", nlohmann::json::object());
-  const std::string name = session.is_object() ? session.value("name", std::string()) : std::string();
-  auto refuse = [&](const Status& why) {
-    (void)channel.Send(peer::EncodeControl("error", {{"message", why.message()}}), 0);
-    (void)channel.Flush(5s);
-    return why;
-  };
-  if (Status valid = ValidateIdentifier("session name", name); !valid.ok()) return refuse(valid);
-  if (Status free = ReserveName(name); !free.ok()) return refuse(free);
-  bool reserved = true;
-  auto release_name = [&] {
-    if (reserved) ReleaseName(name);
-    reserved = false;
-  };
-  Result<PendingCheckpoint> pending = store_.Begin(NewCheckpointId(name));
-  if (!pending.ok()) {
-    release_name();
-    return refuse(pending.status());
-  }
-  auto receive = [&]() -> Result<nlohmann::json> {
-    ELSA_RETURN_IF_ERROR(channel.Send(peer::EncodeControl("ready"), 0));
-    FileReceiver files(pending->dir());
-    uint64_t pages = 0, fresh = 0;
-    for (;;) {
-      ELSA_ASSIGN_OR_RETURN(transport::Message message, channel.Receive(120s));
-      if (message.kind == transport::Message::Kind::kPages) {
-        if (message.pages.empty()) continue;
-        ELSA_ASSIGN_OR_RETURN(size_t added, pages_->Put(message.pages.page(0), message.pages.size()));
-        pages += message.pages.size();
-        fresh += added;
-        continue;
-      }
-      ELSA_ASSIGN_OR_RETURN(auto decoded, peer::DecodeMessage(message.data));
-      if (auto* chunk = std::get_if<peer::FileChunk>(&decoded)) {
-        ELSA_RETURN_IF_ERROR(files.Take(*chunk));
-        continue;
-      }
-      peer::Control& control = std::get<peer::Control>(decoded);
-      if (control.op == "abort")
-        return Status::ExternalFailure("the source gave up: " + control.body.value("message", std::string()));
-      if (control.op != "restore") return Status::ProtocolError("unexpected '" + control.op + "' during a migration");
-      ELSA_RETURN_IF_ERROR(files.CheckComplete());
-      std::fprintf(stderr, "elsad: migration of %s: %llu pages received (%llu new), %llu bytes of images\n",
-                   name.c_str(), static_cast<unsigned long long>(pages), static_cast<unsigned long long>(fresh),
-                   static_cast<unsigned long long>(files.bytes()));
-      return std::move(control.body);
-    }
-  };
-  Result<nlohmann::json> restore_request = receive();
-  if (!restore_request.ok()) {
-    release_name();
-    return refuse(restore_request.status());
-  }
-  // The images and every page they name are here: commit them as a checkpoint of ours.
-  auto commit = [&]() -> Result<Manifest> {
-    const nlohmann::json& m = (*restore_request)["manifest"];
-    ELSA_ASSIGN_OR_RETURN(Manifest manifest, ManifestFromJson(m.is_object() ? m.dump() : std::string("{}")));
-    if (manifest.session_name != name) return Status::ProtocolError("the manifest is for another session");
-    manifest.id = pending->id();
-    manifest.pages_in_store = true;
-    ELSA_RETURN_IF_ERROR(pages_->VerifyPages(pending->dir(), false).WithContext("checking the migrated pages"));
-    ELSA_RETURN_IF_ERROR(pages_->Sync());
-    return pending->Commit(std::move(manifest), false);
-  };
-  Result<Manifest> committed = commit();
-  release_name();
-  if (!committed.ok()) return refuse(committed.status());
-  RestoreOptions restore_options;
-  restore_options.name = name;
-  restore_options.lazy = restore_request->value("lazy", false);
-  Result<RestoreReport> restored = Restore(committed->id, restore_options, nullptr);
-  if (!restored.ok()) return refuse(restored.status());
-  ELSA_RETURN_IF_ERROR(channel.Send(peer::EncodeControl("restored", {{"pid", restored->session.pid},
-                                                                      {"checkpoint", committed->id},
-                                                                      {"pages_lazy", restored->pages_lazy},
-                                                                      {"restore_seconds", restored->total_seconds}}),
-                                    0));
-  // Ours only once the source says so; otherwise it resumes its own copy and ours must go.
-  Result<peer::Control> verdict = ReceiveControl(channel, 60s);
-  if (!verdict.ok() || verdict->op != "commit") {
-    (void)Stop(name, 5);
-    return verdict.ok() ? Status::ExternalFailure("the source took the session back after it was restored here")
-                        : verdict.status().WithContext("no commit from the source; the restored copy was stopped");
-  }
-  ELSA_RETURN_IF_ERROR(channel.Send(peer::EncodeControl("committed"), 0));
-  return channel.Flush(10s);
 }
 
 }  // namespace elsa

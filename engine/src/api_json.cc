@@ -108,12 +108,21 @@ json ToJson(const MigrateReport& r) {
           {"downtime_seconds", r.downtime_seconds},
           {"total_seconds", r.total_seconds},
           {"phases", {{"precopy_seconds", r.precopy_seconds},
+                      {"freeze_seconds", r.freeze_seconds},
                       {"dump_seconds", r.dump_seconds},
                       {"transfer_seconds", r.transfer_seconds},
-                      {"restore_seconds", r.restore_seconds}}},
+                      {"restore_seconds", r.restore_seconds},
+                      {"resume_seconds", r.resume_seconds},
+                      {"postcopy_seconds", r.postcopy_seconds}}},
           {"precopy_rounds", rounds},
-          {"bytes", {{"precopy", r.bytes_precopy}, {"stop", r.bytes_stop}, {"wire", r.wire_bytes}}},
-          {"pages", {{"dumped", r.pages_dumped}, {"deduplicated", r.pages_deduplicated}, {"lazy", r.pages_lazy}}}};
+          {"bytes",
+           {{"precopy", r.bytes_precopy}, {"stop", r.bytes_stop}, {"postcopy", r.bytes_postcopy}, {"wire", r.wire_bytes}}},
+          {"pages",
+           {{"dumped", r.pages_dumped},
+            {"deduplicated", r.pages_deduplicated},
+            {"lazy", r.pages_lazy},
+            {"postcopy", r.pages_postcopy},
+            {"faulted", r.pages_faulted}}}};
 }
 
 }  // namespace elsa

@@ -63,9 +63,13 @@ Result<std::unique_ptr<PageIntake>> CheckpointPages::StartIntake(const std::stri
 Status CheckpointPages::Sync() { return store_->Sync(); }
 
 Result<size_t> CheckpointPages::Put(const uint8_t* pages, size_t count) {
-  std::shared_lock hold(collect_mu_);
   std::vector<PageHash> hashes(count);
-  return store_->PutBatch(pages, count, hashes.data());
+  return Put(pages, count, hashes.data());
+}
+
+Result<size_t> CheckpointPages::Put(const uint8_t* pages, size_t count, PageHash* hashes) {
+  std::shared_lock hold(collect_mu_);
+  return store_->PutBatch(pages, count, hashes);
 }
 
 Status CheckpointPages::VerifyPages(const std::string& checkpoint_dir, bool read_every_page) const {
@@ -114,12 +118,26 @@ Result<page_server::LazyServeStats> LazyPageSupply::Wait() {
 
 Result<std::unique_ptr<LazyPageSupply>> CheckpointPages::StartLazySupply(
     const CriuDriver& criu, const std::string& checkpoint_dir, const std::string& staging) {
+  ELSA_ASSIGN_OR_RETURN(auto images, page_server::LoadPagedImages(checkpoint_dir));
+  ELSA_ASSIGN_OR_RETURN(auto server, page_server::LazyPageServer::Listen(
+                                         kLoopback, 0, page_server::PageLocator::FromImages(images), store_.get()));
+  return StartSupply(criu, std::move(server), staging);
+}
+
+Result<std::unique_ptr<LazyPageSupply>> CheckpointPages::StartLazySupply(
+    const CriuDriver& criu, std::shared_ptr<page_server::LazyPageSource> source, const std::string& staging) {
+  ELSA_ASSIGN_OR_RETURN(auto server, page_server::LazyPageServer::Listen(kLoopback, 0, source.get()));
+  ELSA_ASSIGN_OR_RETURN(auto supply, StartSupply(criu, std::move(server), staging));
+  supply->source_ = std::move(source);
+  return supply;
+}
+
+Result<std::unique_ptr<LazyPageSupply>> CheckpointPages::StartSupply(
+    const CriuDriver& criu, std::unique_ptr<page_server::LazyPageServer> server, const std::string& staging) {
   auto supply = std::make_unique<LazyPageSupply>();
   supply->hold_ = std::shared_lock(collect_mu_);
   supply->staging_ = staging;
-  ELSA_ASSIGN_OR_RETURN(auto images, page_server::LoadPagedImages(checkpoint_dir));
-  ELSA_ASSIGN_OR_RETURN(supply->server_, page_server::LazyPageServer::Listen(
-                                             kLoopback, 0, page_server::PageLocator::FromImages(images), store_.get()));
+  supply->server_ = std::move(server);
   const uint16_t port = supply->server_->port();
   supply->serving_ = std::async(std::launch::async, [s = supply->server_.get()] { return s->ServeOne(10min); });
   auto daemon = criu.StartLazyPages(staging, kLoopback, port);

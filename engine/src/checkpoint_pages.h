@@ -64,6 +64,7 @@ class LazyPageSupply {
  private:
   friend class CheckpointPages;
   std::shared_lock<std::shared_mutex> hold_;
+  std::shared_ptr<page_server::LazyPageSource> source_;  // when the server does not own it
   std::unique_ptr<page_server::LazyPageServer> server_;
   std::future<Result<page_server::LazyServeStats>> serving_;
   ChildProcess daemon_;
@@ -80,6 +81,12 @@ class CheckpointPages {
                                                   page_server::PageSink* sink = nullptr);
   // Stores pages that arrived otherwise (a migration's pre-copy). Returns how many were new.
   Result<size_t> Put(const uint8_t* pages, size_t count);
+  // The same, with each page's hash into `hashes` (post-copy records where each page went).
+  Result<size_t> Put(const uint8_t* pages, size_t count, page_server::PageHash* hashes);
+  bool Contains(const page_server::PageHash& hash) const { return store_->Contains(hash); }
+  Status Get(const page_server::PageHash* hashes, size_t count, uint8_t* out) const {
+    return store_->GetBatch(hashes, count, out);
+  }
 
   // Makes every page taken in so far durable (before a checkpoint is committed).
   Status Sync();
@@ -96,6 +103,10 @@ class CheckpointPages {
   // Our lazy server plus `criu lazy-pages` in `staging`, which must hold the lazy images.
   Result<std::unique_ptr<LazyPageSupply>> StartLazySupply(const CriuDriver& criu, const std::string& checkpoint_dir,
                                                       const std::string& staging);
+  // The same, answering from `source` (post-copy), which the supply keeps until it is done.
+  Result<std::unique_ptr<LazyPageSupply>> StartLazySupply(const CriuDriver& criu,
+                                                      std::shared_ptr<page_server::LazyPageSource> source,
+                                                      const std::string& staging);
 
   // Drops every page none of `checkpoint_dirs` names. Refuses (deleting nothing) if any of them
   // cannot be read: a page it names might otherwise be lost.
@@ -106,6 +117,10 @@ class CheckpointPages {
   explicit CheckpointPages(std::unique_ptr<page_server::PageStore> store) : store_(std::move(store)) {}
 
  private:
+  Result<std::unique_ptr<LazyPageSupply>> StartSupply(const CriuDriver& criu,
+                                                      std::unique_ptr<page_server::LazyPageServer> server,
+                                                      const std::string& staging);
+
   std::unique_ptr<page_server::PageStore> store_;
   mutable std::shared_mutex collect_mu_;
 };

@@ -27,6 +27,11 @@ criu_req BuildDumpRequest(const CriuDumpRequest& request) {
     ps->set_address(request.page_server_address);
     ps->set_port(request.page_server_port);
   }
+  if (request.lazy_pages_port != 0) {
+    opts->set_lazy_pages(true);
+    opts->mutable_ps()->set_port(request.lazy_pages_port);
+  }
+  if (!request.config_file.empty()) opts->set_config_file(request.config_file);
   opts->set_log_file(CriuDriver::kDumpLog);
   ApplySessionPolicy(opts);
   return req;

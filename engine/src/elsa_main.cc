@@ -144,9 +144,10 @@ int main(int argc, char** argv) {
   migrate->add_option("name", name, "session name")->required();
   migrate->add_option("--to", to, "the destination agent: HOST[:PORT] (its elsad --listen; port 7077)")->required();
   migrate->add_option("--mode", mode,
-                      "precopy: pages copied while it runs, then restored on the destination; hybrid: the same, "
-                      "restored lazily from the destination's store (shorter downtime)")
-      ->check(CLI::IsMember({"precopy", "hybrid"}))
+                      "precopy: memory copied while it runs, the rest while frozen (the source is not needed once "
+                      "it runs there); postcopy: frozen at once, runs there while its memory follows; hybrid: "
+                      "pre-copy, then post-copy for what changed since (shortest downtime)")
+      ->check(CLI::IsMember({"precopy", "postcopy", "hybrid"}))
       ->capture_default_str();
   migrate->add_option("--max-downtime", max_downtime_ms, "pre-copy until what is left fits in this (ms)")
       ->capture_default_str();
@@ -240,17 +241,26 @@ int main(int argc, char** argv) {
       cli.PrintJson(r);
     } else {
       const json& ph = r["phases"];
+      const json& pages = r["pages"];
       std::printf("session %s now runs on %s (pid %d there), answering at %s\n"
                   "  downtime %.3f s (freeze to running); total %.3f s\n"
-                  "  pre-copy %.3f s in %zu rounds, %s; dump %.3f s, transfer %.3f s, restore %.3f s\n"
-                  "  while frozen: %s sent; %llu of %llu dumped pages were already there\n",
+                  "  pre-copy %.3f s in %zu rounds, %s; freeze %.3f s, dump %.3f s, transfer %.3f s, restore %.3f s\n"
+                  "  while frozen: %s sent\n",
                   name.c_str(), r["destination"].get<std::string>().c_str(), r["pid"].get<int>(),
                   r["address"].get<std::string>().c_str(), r["downtime_seconds"].get<double>(),
                   r["total_seconds"].get<double>(), ph["precopy_seconds"].get<double>(), r["precopy_rounds"].size(),
-                  HumanBytes(r["bytes"]["precopy"].get<double>()).c_str(), ph["dump_seconds"].get<double>(),
-                  ph["transfer_seconds"].get<double>(), ph["restore_seconds"].get<double>(),
-                  HumanBytes(r["bytes"]["stop"].get<double>()).c_str(),
-                  r["pages"]["deduplicated"].get<unsigned long long>(), r["pages"]["dumped"].get<unsigned long long>());
+                  HumanBytes(r["bytes"]["precopy"].get<double>()).c_str(), ph["freeze_seconds"].get<double>(),
+                  ph["dump_seconds"].get<double>(), ph["transfer_seconds"].get<double>(),
+                  ph["restore_seconds"].get<double>(), HumanBytes(r["bytes"]["stop"].get<double>()).c_str());
+      if (mode == "precopy")
+        std::printf("  %llu of %llu dumped pages were already there\n",
+                    pages["deduplicated"].get<unsigned long long>(), pages["dumped"].get<unsigned long long>());
+      else
+        std::printf("  post-copy %.3f s: %llu lazy pages, %llu already there (pre-copy), %llu sent (%s), %llu of them "
+                    "first because the session waited\n",
+                    ph["postcopy_seconds"].get<double>(), pages["lazy"].get<unsigned long long>(),
+                    pages["deduplicated"].get<unsigned long long>(), pages["postcopy"].get<unsigned long long>(),
+                    HumanBytes(r["bytes"]["postcopy"].get<double>()).c_str(), pages["faulted"].get<unsigned long long>());
     }
   } else if (*agent) {
     json v = cli.Call({{"op", "version"}});

@@ -111,6 +111,78 @@ Result<peer::Control> ReceiveControl(transport::Channel& channel, std::chrono::m
   return std::move(*control);
 }
 
+PeerReader::PeerReader(transport::Channel& channel, Handlers handlers)
+    : channel_(channel), handlers_(std::move(handlers)) {
+  thread_ = std::thread([this] { Read(); });
+}
+
+PeerReader::~PeerReader() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  thread_.join();
+}
+
+Status PeerReader::Dispatch(transport::Message message) {
+  if (message.kind == transport::Message::Kind::kPages) {
+    if (!handlers_.pages) return Status::ProtocolError("page data where none was expected");
+    return handlers_.pages(message.pages);
+  }
+  ELSA_ASSIGN_OR_RETURN(auto decoded, peer::DecodeMessage(message.data));
+  if (auto* refs = std::get_if<std::vector<peer::PageRef>>(&decoded)) {
+    if (!handlers_.refs) return Status::ProtocolError("page refs where none were expected");
+    return handlers_.refs(*refs);
+  }
+  auto* control = std::get_if<peer::Control>(&decoded);
+  if (!control) return Status::ProtocolError("a file chunk where none was expected");
+  if (handlers_.intercept && handlers_.intercept(*control)) return Status::Ok();
+  std::lock_guard lock(mu_);
+  controls_.push_back(std::move(*control));
+  changed_.notify_all();
+  return Status::Ok();
+}
+
+void PeerReader::Read() {
+  for (;;) {
+    {
+      std::lock_guard lock(mu_);
+      if (stop_) return;
+    }
+    Result<transport::Message> message = channel_.Receive(std::chrono::milliseconds(100));
+    if (message.ok()) {
+      std::lock_guard lock(mu_);
+      last_message_ = std::chrono::steady_clock::now();
+    }
+    Status st = message.ok() ? Dispatch(std::move(*message)) : message.status();
+    if (!st.ok() && st.code() == StatusCode::kTimeout && !message.ok()) continue;
+    if (!st.ok()) {
+      std::lock_guard lock(mu_);
+      failed_ = st;
+      changed_.notify_all();
+      return;
+    }
+  }
+}
+
+Result<peer::Control> PeerReader::NextControl(std::chrono::milliseconds idle) {
+  std::unique_lock lock(mu_);
+  const auto called = std::chrono::steady_clock::now();
+  for (;;) {
+    const auto since = std::max(called, last_message_);
+    if (changed_.wait_until(lock, since + idle, [&] { return !controls_.empty() || !failed_.ok(); })) break;
+    if (std::max(called, last_message_) + idle <= std::chrono::steady_clock::now())
+      return Status::Timeout("no word from the other agent in " + std::to_string(idle.count() / 1000.0).substr(0, 4) +
+                             " s");
+  }
+  if (controls_.empty()) return failed_;
+  peer::Control control = std::move(controls_.front());
+  controls_.pop_front();
+  if (control.op == "error")
+    return Status::ExternalFailure("the other agent: " + control.body.value("message", std::string("(no message)")));
+  return control;
+}
+
 namespace {
 
 // CRIU puts every established TCP connection of a dumped tree into repair mode and, for a tree

@@ -6,9 +6,14 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
+#include <span>
 #include <string>
+#include <thread>
 #include <unordered_set>
 #include <variant>
 
@@ -70,6 +75,41 @@ class FileReceiver {
 // The next control message (file chunks and pages are protocol errors here), or the peer's
 // "error" turned into a Status carrying its message.
 Result<peer::Control> ReceiveControl(transport::Channel& channel, std::chrono::milliseconds timeout);
+
+// Reads a channel on a thread of its own, so messages flow while the caller is busy elsewhere
+// (restoring, pushing): page batches and page refs go to the handlers as they arrive (on that
+// thread); control messages wait in order for NextControl, unless `intercept` takes them.
+class PeerReader {
+ public:
+  struct Handlers {
+    std::function<Status(const transport::PageBatch&)> pages;          // none: pages are an error
+    std::function<Status(std::span<const peer::PageRef>)> refs;        // none: refs are an error
+    std::function<bool(const peer::Control&)> intercept;               // true: handled
+  };
+  PeerReader(transport::Channel& channel, Handlers handlers);
+  ~PeerReader();
+  PeerReader(const PeerReader&) = delete;
+  PeerReader& operator=(const PeerReader&) = delete;
+
+  // The next control message; the peer's "error" as ExternalFailure; the channel's or a
+  // handler's failure once the messages before it were taken; Timeout once no message of any
+  // kind has arrived for `idle` (pages flowing are progress too).
+  Result<peer::Control> NextControl(std::chrono::milliseconds idle);
+
+ private:
+  void Read();
+  Status Dispatch(transport::Message message);
+
+  transport::Channel& channel_;
+  Handlers handlers_;
+  std::mutex mu_;
+  std::condition_variable changed_;
+  std::deque<peer::Control> controls_;
+  Status failed_ = Status::Ok();
+  bool stop_ = false;
+  std::chrono::steady_clock::time_point last_message_ = std::chrono::steady_clock::now();
+  std::thread thread_;
+};
 
 // Lets a tree CRIU left stopped and network-locked (dump with leave_stopped) run again: takes
 // its TCP connections out of repair mode, drops CRIU's nftables table, SIGCONTs every process.

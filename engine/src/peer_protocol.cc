@@ -10,9 +10,11 @@ namespace {
 
 constexpr uint8_t kControl = 'J';
 constexpr uint8_t kChunk = 'F';
+constexpr uint8_t kRefs = 'R';
 
 const std::set<std::string>& KnownOps() {
-  static const std::set<std::string> ops = {"begin", "ready", "restore", "restored", "commit", "committed", "abort", "error"};
+  static const std::set<std::string> ops = {"begin",  "ready",     "restore", "restored", "want", "pushed",
+                                            "delivered", "commit", "committed", "abort", "error"};
   return ops;
 }
 
@@ -47,7 +49,20 @@ std::vector<uint8_t> EncodeFileChunk(const std::string& name, uint64_t offset, b
   return out;
 }
 
-Result<std::variant<Control, FileChunk>> DecodeMessage(std::span<const uint8_t> bytes) {
+std::vector<uint8_t> EncodePageRefs(std::span<const PageRef> refs) {
+  std::vector<uint8_t> out;
+  out.reserve(1 + sizeof(uint32_t) + refs.size() * sizeof(PageRef));
+  out.push_back(kRefs);
+  Append<uint32_t>(out, static_cast<uint32_t>(refs.size()));
+  for (const PageRef& ref : refs) {
+    Append<uint64_t>(out, ref.address);
+    Append<uint64_t>(out, ref.hash_low);
+    Append<uint64_t>(out, ref.hash_high);
+  }
+  return out;
+}
+
+Result<Message> DecodeMessage(std::span<const uint8_t> bytes) {
   if (bytes.empty()) return Status::ProtocolError("empty peer message");
   if (bytes[0] == kControl) {
     if (bytes.size() > kMaxControlBytes) return Status::ProtocolError("control message over 1 MiB");
@@ -60,7 +75,7 @@ Result<std::variant<Control, FileChunk>> DecodeMessage(std::span<const uint8_t> 
     if (!KnownOps().count(c.op)) return Status::ProtocolError("unknown control op \"" + c.op.substr(0, 40) + "\"");
     body.erase("op");
     c.body = std::move(body);
-    return std::variant<Control, FileChunk>(std::move(c));
+    return Message(std::move(c));
   }
   if (bytes[0] == kChunk) {
     uint16_t name_size = 0;
@@ -78,7 +93,28 @@ Result<std::variant<Control, FileChunk>> DecodeMessage(std::span<const uint8_t> 
     f.last = last == 1;
     if (f.offset > (1ull << 40)) return Status::ProtocolError("file chunk offset beyond 1 TiB");
     f.data.assign(bytes.begin() + static_cast<ptrdiff_t>(header), bytes.end());
-    return std::variant<Control, FileChunk>(std::move(f));
+    return Message(std::move(f));
+  }
+  if (bytes[0] == kRefs) {
+    constexpr size_t kEntry = 3 * sizeof(uint64_t);
+    uint32_t count = 0;
+    if (bytes.size() < 1 + sizeof count) return Status::ProtocolError("truncated page refs");
+    std::memcpy(&count, bytes.data() + 1, sizeof count);
+    if (count == 0 || count > kMaxRefsPerMessage)
+      return Status::ProtocolError("page refs message with " + std::to_string(count) + " refs (1-" +
+                                   std::to_string(kMaxRefsPerMessage) + ")");
+    if (bytes.size() != 1 + sizeof count + count * kEntry)
+      return Status::ProtocolError("page refs message of " + std::to_string(bytes.size()) + " bytes for " +
+                                   std::to_string(count) + " refs");
+    std::vector<PageRef> refs(count);
+    const uint8_t* at = bytes.data() + 1 + sizeof count;
+    for (PageRef& ref : refs) {
+      std::memcpy(&ref.address, at, 8);
+      std::memcpy(&ref.hash_low, at + 8, 8);
+      std::memcpy(&ref.hash_high, at + 16, 8);
+      at += kEntry;
+    }
+    return Message(std::move(refs));
   }
   return Status::ProtocolError("unknown peer message kind " + std::to_string(bytes[0]));
 }

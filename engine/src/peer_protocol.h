@@ -14,6 +14,15 @@
 //                                 <-   committed
 //   A ends its stopped copy only after `committed`; without it, A resumes its own (a lost
 //   `committed` can leave two copies running, never none).
+//
+// Post-copy (modes postcopy and hybrid) dumps with CRIU's --lazy-pages: the images leave out
+// the tree's anonymous memory, which stays in A's stopped tree. Between `restored` and `commit`:
+//   page batches, page refs       ->   every lazy page: its bytes, or its hash when B holds it
+//                                 <-   want {task, vaddr, pages}: a fault B's session waits on
+//   pushed {pages}                ->
+//                                 <-   delivered (every lazy page is in B's store, synced)
+// A page batch's addresses and a ref's address are PostcopyAddress(task, vaddr): task is the
+// index of the process among the images' lazy pagemaps, in ascending pid order.
 #pragma once
 
 #include <cstdint>
@@ -33,9 +42,18 @@ inline constexpr size_t kMaxControlBytes = 1u << 20;
 inline constexpr size_t kMaxChunkBytes = 4u << 20;
 
 struct Control {
-  std::string op;  // begin, ready, restore, restored, commit, committed, abort, error
+  // begin, ready, restore, restored, want, pushed, delivered, commit, committed, abort, error
+  std::string op;
   nlohmann::json body;
 };
+
+// "This lazy page has this content, which you hold": post-copy without resending the bytes.
+struct PageRef {
+  uint64_t address = 0;  // PostcopyAddress(task, vaddr)
+  uint64_t hash_low = 0;
+  uint64_t hash_high = 0;
+};
+inline constexpr size_t kMaxRefsPerMessage = 8192;
 
 struct FileChunk {
   std::string name;  // a plain file name (ValidateIdentifier rules)
@@ -46,9 +64,11 @@ struct FileChunk {
 
 std::vector<uint8_t> EncodeControl(const std::string& op, nlohmann::json body = nlohmann::json::object());
 std::vector<uint8_t> EncodeFileChunk(const std::string& name, uint64_t offset, bool last, std::span<const uint8_t> data);
+std::vector<uint8_t> EncodePageRefs(std::span<const PageRef> refs);  // at most kMaxRefsPerMessage
 
-// A control message or a file chunk; ProtocolError naming what is wrong otherwise.
-Result<std::variant<Control, FileChunk>> DecodeMessage(std::span<const uint8_t> bytes);
+using Message = std::variant<Control, FileChunk, std::vector<PageRef>>;
+// A control message, a file chunk or page refs; ProtocolError naming what is wrong otherwise.
+Result<Message> DecodeMessage(std::span<const uint8_t> bytes);
 
 // "HOST[:PORT]" (IPv4 or a name; [v6]:port) -> host, port (default kDefaultPort).
 Result<std::pair<std::string, uint16_t>> ParseHostPort(const std::string& text);

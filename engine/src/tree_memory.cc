@@ -133,4 +133,39 @@ Result<TreeScanStats> ScanTreeMemory(pid_t root, size_t batch_pages,
   return reader.stats;
 }
 
+std::map<uint64_t, pid_t> HostPidsByVirtualPid(pid_t root) {
+  std::map<uint64_t, pid_t> out;
+  for (pid_t pid : TreePids(root)) {
+    auto status = ReadFile("/proc/" + std::to_string(pid) + "/status");
+    if (!status.ok()) continue;  // exited
+    std::istringstream lines(*status);
+    for (std::string line; std::getline(lines, line);) {
+      if (line.rfind("NSpid:", 0) != 0) continue;
+      std::istringstream fields(line.substr(6));
+      uint64_t innermost = 0;
+      for (uint64_t v; fields >> v;) innermost = v;
+      if (innermost) out[innermost] = pid;
+      break;
+    }
+  }
+  return out;
+}
+
+uint64_t TreeResidentBytes(pid_t root) {
+  uint64_t total = 0;
+  for (pid_t pid : TreePids(root)) {
+    auto rollup = ReadFile("/proc/" + std::to_string(pid) + "/smaps_rollup");
+    if (!rollup.ok()) continue;
+    std::istringstream lines(*rollup);
+    for (std::string line; std::getline(lines, line);) {
+      unsigned long long kib = 0;
+      if (std::sscanf(line.c_str(), "Pss: %llu kB", &kib) == 1) {
+        total += kib * 1024;
+        break;
+      }
+    }
+  }
+  return total;
+}
+
 }  // namespace elsa

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,14 @@ std::vector<MemoryRange> PrivateWritableRanges(const std::string& maps_text);
 
 // Every pid of the tree rooted at `root` (the root first), from /proc/PID/task/*/children.
 std::vector<pid_t> TreePids(pid_t root);
+
+// Host pid of each process of the tree, by its pid in the tree's own PID namespace (the pids
+// CRIU's images name), from the last field of "NSpid:" in /proc/PID/status.
+std::map<uint64_t, pid_t> HostPidsByVirtualPid(pid_t root);
+
+// The tree's memory footprint: the sum of its processes' proportional set sizes (shared pages
+// split between their sharers), from /proc/PID/smaps_rollup.
+uint64_t TreeResidentBytes(pid_t root);
 
 struct TreeScanStats {
   uint64_t pages_present = 0;  // pages read

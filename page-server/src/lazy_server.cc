@@ -1,7 +1,10 @@
 #include "elsa/page_server/lazy_server.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -26,14 +29,33 @@ double Percentile(std::vector<double>& values, double p) {
 
 }  // namespace
 
-LazyPageServer::LazyPageServer(UniqueFd listen_fd, uint16_t port, PageLocator locator, const PageStore* store)
-    : listen_fd_(std::move(listen_fd)), port_(port), locator_(std::move(locator)), store_(store) {}
+Result<size_t> StorePageSource::Read(uint64_t pid, uint64_t vaddr, size_t max_pages, uint8_t* out) {
+  const auto hashes = locator_.Find(pid, vaddr, max_pages);
+  if (hashes.empty())
+    return Status::ProtocolError("GET for pid " + std::to_string(pid) + " address 0x" + HexU64(vaddr) +
+                                 ": the checkpoint holds no such page");
+  ELSA_RETURN_IF_ERROR(store_->GetBatch(hashes.data(), hashes.size(), out));
+  return hashes.size();
+}
+
+LazyPageServer::LazyPageServer(UniqueFd listen_fd, uint16_t port, LazyPageSource* source,
+                               std::unique_ptr<LazyPageSource> owned)
+    : listen_fd_(std::move(listen_fd)), port_(port), owned_(std::move(owned)), source_(source) {}
 
 Result<std::unique_ptr<LazyPageServer>> LazyPageServer::Listen(const std::string& address, uint16_t port,
                                                                PageLocator locator, const PageStore* store) {
   uint16_t bound = 0;
   ELSA_ASSIGN_OR_RETURN(UniqueFd fd, ListenOn(address, port, &bound));
-  return std::make_unique<LazyPageServer>(std::move(fd), bound, std::move(locator), store);
+  auto owned = std::make_unique<StorePageSource>(std::move(locator), store);
+  LazyPageSource* source = owned.get();
+  return std::make_unique<LazyPageServer>(std::move(fd), bound, source, std::move(owned));
+}
+
+Result<std::unique_ptr<LazyPageServer>> LazyPageServer::Listen(const std::string& address, uint16_t port,
+                                                               LazyPageSource* source) {
+  uint16_t bound = 0;
+  ELSA_ASSIGN_OR_RETURN(UniqueFd fd, ListenOn(address, port, &bound));
+  return std::make_unique<LazyPageServer>(std::move(fd), bound, source, nullptr);
 }
 
 Result<LazyServeStats> LazyPageServer::ServeOne(std::chrono::milliseconds accept_timeout,
@@ -66,24 +88,51 @@ Result<LazyServeStats> LazyPageServer::ServeOne(std::chrono::milliseconds accept
       return Status::ProtocolError("command " + std::to_string(req.command) +
                                    " is not for a lazy-pages server (it answers GET and CLOSE)");
     if (req.nr_pages == 0) return Status::ProtocolError("GET for 0 pages");
-    const auto hashes = locator_.Find(req.dst_id, req.vaddr, std::min(req.nr_pages, kMaxReplyPages));
-    if (hashes.empty())
-      return Status::ProtocolError("GET for pid " + std::to_string(req.dst_id) + " address 0x" + HexU64(req.vaddr) +
-                                   ": the checkpoint holds no such page");
-    ELSA_RETURN_IF_ERROR(store_->GetBatch(hashes.data(), hashes.size(), pages.data()));
+    ELSA_ASSIGN_OR_RETURN(const size_t count,
+                          source_->Read(req.dst_id, req.vaddr, std::min(req.nr_pages, kMaxReplyPages), pages.data()));
     Request reply;
     reply.command = kAddF;
     reply.flags = kPePresent;
-    reply.nr_pages = hashes.size();
+    reply.nr_pages = count;
     reply.vaddr = req.vaddr;
     reply.dst_id = req.dst_id;
     const auto header = EncodeRequest(reply);
     ELSA_RETURN_IF_ERROR(SendAll(sock.get(), header.data(), header.size(), Clock::now() + idle_timeout));
-    ELSA_RETURN_IF_ERROR(SendAll(sock.get(), pages.data(), hashes.size() * kPageSize, Clock::now() + idle_timeout));
+    ELSA_RETURN_IF_ERROR(SendAll(sock.get(), pages.data(), count * kPageSize, Clock::now() + idle_timeout));
     stats.requests++;
-    stats.pages_served += hashes.size();
+    stats.pages_served += count;
     latencies.push_back(std::chrono::duration<double, std::micro>(Clock::now() - received).count());
   }
+}
+
+Status CloseLazyDumpServer(uint16_t port, std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  UniqueFd sock(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!sock) return Status::FromErrno("socket", errno);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  // CRIU listens only once its images are written; it may be a moment behind its notification.
+  while (::connect(sock.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    if (errno != ECONNREFUSED || Clock::now() > deadline)
+      return Status::FromErrno("connecting to the lazy dump's page server on port " + std::to_string(port), errno);
+    ::usleep(2000);
+  }
+  Request close;
+  close.command = kClose;
+  const auto raw = EncodeRequest(close);
+  ELSA_RETURN_IF_ERROR(SendAll(sock.get(), raw.data(), raw.size(), deadline));
+  int32_t status = -1;
+  ELSA_RETURN_IF_ERROR(RecvAll(sock.get(), &status, sizeof status, deadline).WithContext("the lazy dump's CLOSE reply"));
+  if (status != 0) return Status::ExternalFailure("CRIU's lazy page server answered CLOSE with " + std::to_string(status));
+  return Status::Ok();  // closing our end lets CRIU finish
+}
+
+Result<uint16_t> FreeLoopbackPort() {
+  uint16_t port = 0;
+  ELSA_ASSIGN_OR_RETURN(UniqueFd fd, ListenOn("127.0.0.1", 0, &port));
+  return port;
 }
 
 }  // namespace elsa::page_server

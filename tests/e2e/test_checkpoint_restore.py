@@ -7,10 +7,10 @@ import subprocess
 from elsa_agent import alive, start_jupyter, tree_pids
 
 ARRAY_MIB = 200
-SET_STATE = f"""
+SET_STATE = """
 import hashlib, numpy as np
 x = 41
-arr = np.random.default_rng(7).random({ARRAY_MIB} * 1024 * 1024 // 8)
+arr = np.random.default_rng(7).random({mib} * 1024 * 1024 // 8)
 digest = hashlib.sha256(arr.tobytes()).hexdigest()
 """
 CHECK_ARRAY = "hashlib.sha256(arr.tobytes()).hexdigest() == digest"
@@ -29,10 +29,10 @@ def flip_byte(path, offset):
         f.write(bytes([byte[0] ^ 0x20]))
 
 
-def set_state(server):
+def set_state(server, mib=ARRAY_MIB):
     kernel = server.start_kernel()
     conn = server.connect(kernel, session_id="e2e-session")
-    out = conn.execute(SET_STATE, timeout=120)
+    out = conn.execute(SET_STATE.format(mib=mib), timeout=120)
     assert out["status"] == "ok", out
     assert conn.eval("x") == "41"
     conn.close()  # the kernel's last websocket: the server buffers its output until we return

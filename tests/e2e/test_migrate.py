@@ -15,6 +15,7 @@ from test_checkpoint_restore import CHECK_ARRAY, set_state
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tools"))
 
 PEER_PORT = 7077
+SESSION_MIB = 512  # the kernel's array in the migration tests
 
 
 @pytest.fixture
@@ -30,12 +31,12 @@ def host_agent(bin_dir, hosts, host, secret_file):
                      extra_args=["--listen", f"{hosts.address(host)}:{PEER_PORT}", "--peer-secret-file", secret_file])
 
 
-def run_on_h1(a1, hosts, workdir):
+def run_on_h1(a1, hosts, workdir, mib=SESSION_MIB):
     with hosts.inside("h1"):
         server = start_jupyter(a1, "alice", workdir, host="0.0.0.0")
     at_h1 = JupyterServer(hosts.address("h1"), server.port, server.token)
     with hosts.inside("h2"):
-        kernel = set_state(at_h1)  # closes its websocket: no connection from outside at the freeze
+        kernel = set_state(at_h1, mib)  # closes its websocket: no connection from outside at the freeze
     return server, kernel
 
 
@@ -54,7 +55,7 @@ writer.start()
 """
 
 
-@pytest.mark.parametrize("mode", ["precopy", "hybrid"])
+@pytest.mark.parametrize("mode", ["precopy", "postcopy", "hybrid"])
 def test_a_session_moves_with_its_kernel_state(hosts, bin_dir, workdir, secret_file, mode):
     with host_agent(bin_dir, hosts, "h1", secret_file) as a1, host_agent(bin_dir, hosts, "h2", secret_file) as a2:
         server, kernel = run_on_h1(a1, hosts, workdir)
@@ -67,9 +68,19 @@ def test_a_session_moves_with_its_kernel_state(hosts, bin_dir, workdir, secret_f
         report = a1.json("migrate", "alice", "--to", hosts.address("h2"), "--mode", mode)
         print(report)
         assert report["address"] == hosts.address("h2")
-        assert report["precopy_rounds"], "pre-copy ran"
-        assert report["pages"]["dumped"] > 0
-        assert report["pages"]["deduplicated"] > report["pages"]["dumped"] * 0.5, "pre-copy delivered most pages"
+        pages = report["pages"]
+        session_pages = SESSION_MIB * 256
+        if mode == "postcopy":
+            assert not report["precopy_rounds"]
+            assert pages["lazy"] >= session_pages, "the array's memory followed the session"
+            assert pages["postcopy"] >= session_pages * 0.9, "post-copy sent it"
+        else:
+            assert report["precopy_rounds"], "pre-copy ran"
+            assert pages["dumped"] >= session_pages
+            assert pages["deduplicated"] >= session_pages * 0.9, "pre-copy delivered most pages"
+        if mode == "hybrid":
+            assert pages["lazy"] >= session_pages and pages["postcopy"] < session_pages * 0.1, \
+                "after pre-copy, post-copy sent only what changed"
         assert "alice" not in a1.sessions(), "h1 let it go"
         assert not [p for p in pids if alive(p)], "nothing left running on h1"
         assert a2.sessions()["alice"]["state"] == "running"
@@ -110,101 +121,3 @@ def test_a_client_behind_elsa_proxy_keeps_executing_cells_across_a_migration(bin
 
     summary = demo_migration.run(Steps(), lambda text: None, bin_dir, proxy_bin, 64)
     assert "client connected throughout" in summary
-
-
-def test_a_wrong_secret_leaves_the_session_running_where_it_was(hosts, bin_dir, workdir, secret_file, tmp_path):
-    other = tmp_path / "other-secret"
-    other.write_text(secrets.token_hex(24))
-    with host_agent(bin_dir, hosts, "h1", secret_file) as a1, host_agent(bin_dir, hosts, "h2", str(other)) as a2:
-        server, kernel = run_on_h1(a1, hosts, workdir)
-        failed = a1.cli("migrate", "alice", "--to", hosts.address("h2"), check=False)
-        assert failed.returncode != 0
-        assert "running here" in failed.stderr, failed.stderr
-        assert a1.sessions()["alice"]["state"] == "running"
-        assert "alice" not in a2.sessions()
-        with hosts.inside("h2"):
-            conn = JupyterServer(hosts.address("h1"), server.port, server.token).connect(kernel, session_id="e2e-session")
-        assert conn.eval("x + 1") == "42"
-        conn.close()
-
-
-def test_a_restore_failing_on_the_destination_resumes_the_frozen_session(hosts, bin_dir, workdir, secret_file):
-    broken = ElsaAgent(bin_dir, netns=hosts.netns("h2"),
-                       extra_args=["--criu", "/no/such/criu", "--listen", f"{hosts.address('h2')}:{PEER_PORT}",
-                                   "--peer-secret-file", secret_file])
-    with host_agent(bin_dir, hosts, "h1", secret_file) as a1:
-        server, kernel = run_on_h1(a1, hosts, workdir)
-        with broken:
-            failed = a1.cli("migrate", "alice", "--to", hosts.address("h2"), check=False)
-            assert failed.returncode != 0
-            assert "running here" in failed.stderr and "criu" in failed.stderr.lower(), failed.stderr
-            assert "alice" not in broken.sessions()
-        # Frozen by CRIU after pre-copy, then resumed: it answers, with its state.
-        assert a1.sessions()["alice"]["state"] == "running"
-        with hosts.inside("h2"):
-            conn = JupyterServer(hosts.address("h1"), server.port, server.token).connect(kernel, session_id="e2e-session")
-        assert conn.eval("x + 1") == "42"
-        conn.close()
-        # And a second migration, to a working destination, succeeds.
-        with host_agent(bin_dir, hosts, "h2", secret_file) as a2:
-            a1.json("migrate", "alice", "--to", hosts.address("h2"))
-            assert a2.sessions()["alice"]["state"] == "running"
-            with hosts.inside("h1"):
-                at_h2 = JupyterServer(hosts.address("h2"), server.port, server.token)
-                at_h2.wait_ready(timeout=30)
-                conn = at_h2.connect(kernel, session_id="e2e-session")
-            assert conn.eval(CHECK_ARRAY) == "True"
-            conn.close()
-
-
-def test_the_destination_dying_during_precopy_leaves_the_session_running(hosts, bin_dir, workdir, secret_file):
-    import subprocess
-    import time
-    hosts.shape("300mbit")  # pre-copy of a few hundred MiB takes seconds: time to pull the plug
-    with host_agent(bin_dir, hosts, "h1", secret_file) as a1:
-        server, kernel = run_on_h1(a1, hosts, workdir)
-        a2 = host_agent(bin_dir, hosts, "h2", secret_file).start()
-        try:
-            migration = subprocess.Popen([os.path.join(bin_dir, "elsa"), "--socket", a1.socket, "migrate", "alice",
-                                          "--to", hosts.address("h2")], stderr=subprocess.PIPE, text=True)
-            time.sleep(1.5)
-            a2.proc.kill()  # the destination's agent dies mid pre-copy
-            _, err = migration.communicate(timeout=120)
-            assert migration.returncode != 0
-            assert "running here" in err, err
-        finally:
-            a2.close()
-        assert a1.sessions()["alice"]["state"] == "running"
-        with hosts.inside("h2"):
-            conn = JupyterServer(hosts.address("h1"), server.port, server.token).connect(kernel, session_id="e2e-session")
-        assert conn.eval("x + 1") == "42"
-        conn.close()
-
-
-def test_the_link_going_down_mid_transfer_leaves_the_session_running(hosts, bin_dir, workdir, secret_file):
-    import subprocess
-
-    def agent(host):
-        return ElsaAgent(bin_dir, criu_prefix=os.environ.get("ELSA_CRIU_PREFIX"), netns=hosts.netns(host),
-                         extra_args=["--listen", f"{hosts.address(host)}:{PEER_PORT}", "--peer-secret-file",
-                                     secret_file, "--peer-timeout", "5"])
-
-    hosts.shape("300mbit")
-    with agent("h1") as a1, agent("h2") as a2:
-        server, kernel = run_on_h1(a1, hosts, workdir)
-        migration = subprocess.Popen([os.path.join(bin_dir, "elsa"), "--socket", a1.socket, "migrate", "alice",
-                                      "--to", hosts.address("h2")], stderr=subprocess.PIPE, text=True)
-        time.sleep(1.5)
-        hosts.set_link("h2", False)  # the cable pulled in the middle of the page transfer
-        started = time.monotonic()
-        _, err = migration.communicate(timeout=120)
-        print(f"failed after {time.monotonic() - started:.1f} s: {err}")
-        assert migration.returncode != 0
-        assert "running here" in err, err
-        hosts.set_link("h2", True)
-        assert a1.sessions()["alice"]["state"] == "running"
-        with hosts.inside("h2"):
-            conn = JupyterServer(hosts.address("h1"), server.port, server.token).connect(kernel, session_id="e2e-session")
-        assert conn.eval("x + 1") == "42"
-        conn.close()
-        assert "alice" not in a2.sessions()

@@ -43,6 +43,19 @@ TEST(CriuOptions, DumpSendsPagesToThePageServerItIsGiven) {
   EXPECT_EQ(req.opts().ps().port(), 4711);
 }
 
+TEST(CriuOptions, ALazyDumpServesItsPagesOnThePortAndReadsTheConfigFile) {
+  CriuDumpRequest r;
+  r.pid = 1;
+  r.lazy_pages_port = 4712;
+  r.config_file = "/tmp/x/lazy.conf";
+  criu_req req = BuildDumpRequest(r);
+  EXPECT_TRUE(req.opts().lazy_pages());
+  ASSERT_TRUE(req.opts().has_ps());
+  EXPECT_EQ(req.opts().ps().port(), 4712);
+  EXPECT_EQ(req.opts().config_file(), "/tmp/x/lazy.conf");
+  EXPECT_FALSE(BuildDumpRequest(CriuDumpRequest{}).opts().lazy_pages());
+}
+
 TEST(CriuOptions, DumpWithoutLeaveRunningEndsTheTree) {
   CriuDumpRequest r;
   r.pid = 1;

@@ -1,5 +1,5 @@
 // What another agent sends during a migration arrives from the network: decoding a control
-// message or a file chunk must never crash, and what decodes must survive a round trip.
+// message, a file chunk or page refs must never crash, and what decodes must survive a round trip.
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -14,6 +14,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (auto* chunk = std::get_if<FileChunk>(&*decoded)) {
     auto again = DecodeMessage(EncodeFileChunk(chunk->name, chunk->offset, chunk->last, chunk->data));
     if (!again.ok() || std::get<FileChunk>(*again).data != chunk->data) __builtin_trap();
+  } else if (auto* refs = std::get_if<std::vector<PageRef>>(&*decoded)) {
+    auto again = DecodeMessage(EncodePageRefs(*refs));
+    if (!again.ok() || std::get<std::vector<PageRef>>(*again).size() != refs->size()) __builtin_trap();
   } else {
     const Control& c = std::get<Control>(*decoded);
     auto again = DecodeMessage(EncodeControl(c.op, c.body));

@@ -63,7 +63,9 @@ class ElsaAgent:
             cmd += ["--criu-prefix", self.criu_prefix]
         cmd += self.extra_args
         if self.netns:
-            cmd = ["ip", "netns", "exec", self.netns] + cmd  # ip execs elsad: same pid
+            # Only the network namespace: `ip netns exec` would also remount /sys, hiding the
+            # cgroup filesystems the agent reads its memory limits from. nsenter execs: same pid.
+            cmd = ["nsenter", f"--net=/run/netns/{self.netns}"] + cmd
         os.makedirs(self.state_dir, exist_ok=True)
         self.log_path = os.path.join(self.root, "elsad.log")
         log = open(self.log_path, "ab")

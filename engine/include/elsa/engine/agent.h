@@ -103,7 +103,10 @@ struct RestoreReport {
 
 struct MigrateOptions {
   std::string to;                // the destination agent: HOST[:PORT]
-  std::string mode = "hybrid";   // precopy: restore on B eagerly; hybrid: lazily from B's store
+  // precopy: rounds while it runs, then every page B lacks sent while frozen (A is not needed
+  // once B runs it); postcopy: freeze at once, B runs it while its memory follows; hybrid:
+  // rounds, then post-copy for what changed since (docs/architecture.md compares them).
+  std::string mode = "hybrid";
   int max_downtime_ms = 150;     // pre-copy stops once what is left fits in this at the link rate
   int max_rounds = 8;
 };
@@ -123,17 +126,23 @@ struct MigrateReport {
   pid_t pid = 0;                 // on B
   std::vector<MigrationRound> rounds;
   double precopy_seconds = 0;
-  double dump_seconds = 0;       // freeze + CRIU dump (pages B lacks sent meanwhile)
+  double freeze_seconds = 0;     // CRIU stopping the tree, until its network lock
+  double dump_seconds = 0;       // freeze + CRIU dump (precopy: pages B lacks sent meanwhile)
   double transfer_seconds = 0;   // image files, and waiting for every page to arrive
-  double restore_seconds = 0;    // on B: commit + restore until the tree runs
+  double restore_seconds = 0;    // on B: (commit +) restore until the tree runs
+  double resume_seconds = 0;     // on B: from CRIU's post-restore to the tree running
+  double postcopy_seconds = 0;   // B running -> every page delivered to B (A's copy ends then)
   double downtime_seconds = 0;   // freeze on A -> running on B
   double total_seconds = 0;
-  uint64_t bytes_precopy = 0;    // page bytes sent while the session ran
+  uint64_t bytes_precopy = 0;    // page bytes sent while the session ran on A
   uint64_t bytes_stop = 0;       // page and file bytes sent while it was frozen
+  uint64_t bytes_postcopy = 0;   // page bytes sent while it ran on B
   uint64_t wire_bytes = 0;       // all bytes on the wire, after compression
   uint64_t pages_dumped = 0;
-  uint64_t pages_deduplicated = 0;  // dumped pages B already held: not sent again
-  uint64_t pages_lazy = 0;          // hybrid: pages B's session faults in from B's store
+  uint64_t pages_deduplicated = 0;  // pages B already held: not sent again (a hash instead)
+  uint64_t pages_lazy = 0;          // pages B's session got after it started running
+  uint64_t pages_postcopy = 0;      // post-copy: lazy pages pushed as bytes
+  uint64_t pages_faulted = 0;       // post-copy: of those, sent first because B's session waited
 };
 
 // Long operations report phases as they start ("verify", "dump", ...), for progress displays.
@@ -196,13 +205,22 @@ class Agent {
   bool WaitForExit(std::unique_lock<std::mutex>& lock, uint64_t serial, int timeout_s);
   Session* FindLocked(const std::string& name);
 
+  // Restores the images in `images_dir` with CRIU (its log and scratch files in `staging`) and
+  // adopts the tree as session `info.name`. With a `supply` the restore is lazy: the supply
+  // serves the session's pages in the background, then `staging` is removed.
+  Result<SessionInfo> RestoreAndAdopt(SessionInfo info, const std::vector<std::string>& output_pipes,
+                                      const std::string& images_dir, const std::string& staging,
+                                      std::unique_ptr<LazyPageSupply> supply, const ProgressFn& progress,
+                                      CriuOutcome* outcome);
   // A lazily restored session's pages keep arriving after Restore returns; this waits for
   // them in the background and records the outcome on the session.
   void FinishPagingIn(uint64_t serial, std::unique_ptr<LazyPageSupply> supply, std::string staging);
   // The manifest of a checkpoint of `info` taken now; files and pages are filled in later.
   static Manifest ManifestFor(const SessionInfo& info, const std::string& criu_version);
   // CRIU's dump, one at a time on this host (see the definition for why).
-  Result<CriuOutcome> SerializedDump(CriuDriver& criu, const CriuDumpRequest& request, const ProgressFn& progress);
+  // `on_event` also sees CRIU's notifications (a lazy dump's "status-ready").
+  Result<CriuOutcome> SerializedDump(CriuDriver& criu, const CriuDumpRequest& request, const ProgressFn& progress,
+                                     const CriuNotifyFn& on_event = {});
   // Marks a running session busy for a long operation; returns its info and serial.
   Result<std::pair<SessionInfo, uint64_t>> ClaimRunning(const std::string& name);
   void ClearBusy(uint64_t serial);

@@ -32,6 +32,13 @@ struct CriuDumpRequest {
   // When set, memory goes to the page server at this address and port instead of pages images.
   std::string page_server_address;
   uint16_t page_server_port = 0;
+  // When set: `dump --lazy-pages`. Anonymous private memory stays out of the images (marked
+  // PE_LAZY); once the images are written CRIU says "status-ready" and serves those pages on
+  // this port until a client sends CLOSE, and only then finishes the dump.
+  uint16_t lazy_pages_port = 0;
+  // A CRIU configuration file applied over these options. RPC ignores the page server's
+  // address for a lazy dump (it would listen on every address); a file can set it.
+  std::string config_file;
 };
 
 struct CriuRestoreRequest {
@@ -49,6 +56,13 @@ struct CriuOutcome {
   // CRIU's notifications ("network-lock", "post-dump", "post-restore", ...) with the time since
   // the request was sent, for per-phase timing.
   std::vector<std::pair<std::string, double>> notifications;
+
+  // When CRIU reported `event`, in seconds since the request; 0 if it did not.
+  double At(const std::string& event) const {
+    for (const auto& [name, at] : notifications)
+      if (name == event) return at;
+    return 0;
+  }
 };
 
 using CriuNotifyFn = std::function<void(const std::string& event)>;

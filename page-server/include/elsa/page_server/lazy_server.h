@@ -26,11 +26,36 @@ struct LazyServeStats {
   double latency_p99_us = 0;
 };
 
+// Where a lazy server's pages come from: a checkpoint's pages in a store, or (post-copy) pages
+// still on their way from another host.
+class LazyPageSource {
+ public:
+  virtual ~LazyPageSource() = default;
+  // Reads up to `max_pages` consecutive pages of process `pid` from `vaddr` into `out`
+  // (max_pages * 4096 bytes); returns how many, at least one. An error if `vaddr` is not a page
+  // this source has for `pid`, or if it cannot be had (the reason says why).
+  virtual Result<size_t> Read(uint64_t pid, uint64_t vaddr, size_t max_pages, uint8_t* out) = 0;
+};
+
+// A checkpoint's pages: `locator` says which, `store` (which must outlive this) has them.
+class StorePageSource : public LazyPageSource {
+ public:
+  StorePageSource(PageLocator locator, const PageStore* store) : locator_(std::move(locator)), store_(store) {}
+  Result<size_t> Read(uint64_t pid, uint64_t vaddr, size_t max_pages, uint8_t* out) override;
+
+ private:
+  PageLocator locator_;
+  const PageStore* store_;
+};
+
 class LazyPageServer {
  public:
   // Answers for the pages `locator` knows, reading them from `store` (which must outlive this).
   static Result<std::unique_ptr<LazyPageServer>> Listen(const std::string& address, uint16_t port,
                                                         PageLocator locator, const PageStore* store);
+  // Answers from `source`, which must outlive this.
+  static Result<std::unique_ptr<LazyPageServer>> Listen(const std::string& address, uint16_t port,
+                                                        LazyPageSource* source);
   uint16_t port() const { return port_; }
 
   // Serves one lazy-pages connection until its CLOSE. A GET for a page we do not hold, or
@@ -38,13 +63,21 @@ class LazyPageServer {
   Result<LazyServeStats> ServeOne(std::chrono::milliseconds accept_timeout,
                                   std::chrono::milliseconds idle_timeout = std::chrono::minutes(5));
 
-  LazyPageServer(UniqueFd listen_fd, uint16_t port, PageLocator locator, const PageStore* store);
+  LazyPageServer(UniqueFd listen_fd, uint16_t port, LazyPageSource* source, std::unique_ptr<LazyPageSource> owned);
 
  private:
   UniqueFd listen_fd_;
   uint16_t port_;
-  PageLocator locator_;
-  const PageStore* store_;
+  std::unique_ptr<LazyPageSource> owned_;
+  LazyPageSource* source_;
 };
+
+// The other end of a lazy dump (`criu dump --lazy-pages`): CRIU's page server on loopback
+// `port`. Says CLOSE without asking for any page, so CRIU finishes the dump and leaves the tree
+// as asked (stopped, for a migration that reads its memory from the tree itself).
+Status CloseLazyDumpServer(uint16_t port, std::chrono::milliseconds timeout);
+
+// A loopback port free right now, for a server someone else creates (CRIU's).
+Result<uint16_t> FreeLoopbackPort();
 
 }  // namespace elsa::page_server

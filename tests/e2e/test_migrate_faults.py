@@ -1,0 +1,297 @@
+"""Failures of a live migration between two simulated hosts. Each must end with the session
+running on h1, unchanged, and a clear error; where it matters, a second migration then works."""
+
+import os
+import secrets
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+from elsa_agent import ElsaAgent, alive, tree_pids
+from elsa_jupyter import JupyterServer
+from test_checkpoint_restore import CHECK_ARRAY
+from test_migrate import PEER_PORT, host_agent, run_on_h1, secret_file  # noqa: F401 (fixture)
+
+
+def assert_running_on_h1(a1, hosts, server, kernel):
+    assert a1.sessions()["alice"]["state"] == "running"
+    with hosts.inside("h2"):
+        conn = JupyterServer(hosts.address("h1"), server.port, server.token).connect(kernel, session_id="e2e-session")
+    assert conn.eval("x + 1") == "42"
+    assert conn.eval(CHECK_ARRAY) == "True"
+    conn.close()
+
+
+def migrate_in_background(bin_dir, a1, to, *extra):
+    return subprocess.Popen([os.path.join(bin_dir, "elsa"), "--socket", a1.socket, "migrate", "alice", "--to", to,
+                             *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def then_migrate_again(bin_dir, hosts, a1, secret_file, server, kernel):
+    with host_agent(bin_dir, hosts, "h2", secret_file) as a2:
+        a1.json("migrate", "alice", "--to", hosts.address("h2"))
+        assert a2.sessions()["alice"]["state"] == "running"
+        with hosts.inside("h1"):
+            at_h2 = JupyterServer(hosts.address("h2"), server.port, server.token)
+            at_h2.wait_ready(timeout=30)
+            conn = at_h2.connect(kernel, session_id="e2e-session")
+        assert conn.eval(CHECK_ARRAY) == "True"
+        conn.close()
+
+
+def test_a_wrong_secret_leaves_the_session_running_where_it_was(hosts, bin_dir, workdir, secret_file, tmp_path):
+    other = tmp_path / "other-secret"
+    other.write_text(secrets.token_hex(24))
+    with host_agent(bin_dir, hosts, "h1", secret_file) as a1, host_agent(bin_dir, hosts, "h2", str(other)) as a2:
+        server, kernel = run_on_h1(a1, hosts, workdir)
+        failed = a1.cli("migrate", "alice", "--to", hosts.address("h2"), check=False)
+        assert failed.returncode != 0
+        assert "running here" in failed.stderr, failed.stderr
+        assert a1.sessions()["alice"]["state"] == "running"
+        assert "alice" not in a2.sessions()
+        with hosts.inside("h2"):
+            conn = JupyterServer(hosts.address("h1"), server.port, server.token).connect(kernel, session_id="e2e-session")
+        assert conn.eval("x + 1") == "42"
+        conn.close()
+
+
+def test_a_restore_failing_on_the_destination_resumes_the_frozen_session(hosts, bin_dir, workdir, secret_file):
+    broken = ElsaAgent(bin_dir, netns=hosts.netns("h2"),
+                       extra_args=["--criu", "/no/such/criu", "--listen", f"{hosts.address('h2')}:{PEER_PORT}",
+                                   "--peer-secret-file", secret_file])
+    with host_agent(bin_dir, hosts, "h1", secret_file) as a1:
+        server, kernel = run_on_h1(a1, hosts, workdir)
+        with broken:
+            failed = a1.cli("migrate", "alice", "--to", hosts.address("h2"), check=False)
+            assert failed.returncode != 0
+            assert "running here" in failed.stderr and "criu" in failed.stderr.lower(), failed.stderr
+            assert "alice" not in broken.sessions()
+        # Frozen by CRIU after pre-copy, then resumed: it answers, with its state.
+        assert a1.sessions()["alice"]["state"] == "running"
+        with hosts.inside("h2"):
+            conn = JupyterServer(hosts.address("h1"), server.port, server.token).connect(kernel, session_id="e2e-session")
+        assert conn.eval("x + 1") == "42"
+        conn.close()
+        # And a second migration, to a working destination, succeeds.
+        with host_agent(bin_dir, hosts, "h2", secret_file) as a2:
+            a1.json("migrate", "alice", "--to", hosts.address("h2"))
+            assert a2.sessions()["alice"]["state"] == "running"
+            with hosts.inside("h1"):
+                at_h2 = JupyterServer(hosts.address("h2"), server.port, server.token)
+                at_h2.wait_ready(timeout=30)
+                conn = at_h2.connect(kernel, session_id="e2e-session")
+            assert conn.eval(CHECK_ARRAY) == "True"
+            conn.close()
+
+
+def test_the_destination_dying_during_precopy_leaves_the_session_running(hosts, bin_dir, workdir, secret_file):
+    hosts.shape("300mbit")  # pre-copy of a few hundred MiB takes seconds: time to pull the plug
+    with host_agent(bin_dir, hosts, "h1", secret_file) as a1:
+        server, kernel = run_on_h1(a1, hosts, workdir)
+        a2 = host_agent(bin_dir, hosts, "h2", secret_file).start()
+        try:
+            migration = subprocess.Popen([os.path.join(bin_dir, "elsa"), "--socket", a1.socket, "migrate", "alice",
+                                          "--to", hosts.address("h2")], stderr=subprocess.PIPE, text=True)
+            time.sleep(1.5)
+            a2.proc.kill()  # the destination's agent dies mid pre-copy
+            _, err = migration.communicate(timeout=120)
+            assert migration.returncode != 0
+            assert "running here" in err, err
+        finally:
+            a2.close()
+        assert a1.sessions()["alice"]["state"] == "running"
+        with hosts.inside("h2"):
+            conn = JupyterServer(hosts.address("h1"), server.port, server.token).connect(kernel, session_id="e2e-session")
+        assert conn.eval("x + 1") == "42"
+        conn.close()
+
+
+def test_the_link_going_down_mid_transfer_leaves_the_session_running(hosts, bin_dir, workdir, secret_file):
+    def agent(host):
+        return ElsaAgent(bin_dir, criu_prefix=os.environ.get("ELSA_CRIU_PREFIX"), netns=hosts.netns(host),
+                         extra_args=["--listen", f"{hosts.address(host)}:{PEER_PORT}", "--peer-secret-file",
+                                     secret_file, "--peer-timeout", "5"])
+
+    hosts.shape("300mbit")
+    with agent("h1") as a1, agent("h2") as a2:
+        server, kernel = run_on_h1(a1, hosts, workdir)
+        migration = subprocess.Popen([os.path.join(bin_dir, "elsa"), "--socket", a1.socket, "migrate", "alice",
+                                      "--to", hosts.address("h2")], stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        hosts.set_link("h2", False)  # the cable pulled in the middle of the page transfer
+        started = time.monotonic()
+        _, err = migration.communicate(timeout=120)
+        print(f"failed after {time.monotonic() - started:.1f} s: {err}")
+        assert migration.returncode != 0
+        assert "running here" in err, err
+        hosts.set_link("h2", True)
+        assert a1.sessions()["alice"]["state"] == "running"
+        with hosts.inside("h2"):
+            conn = JupyterServer(hosts.address("h1"), server.port, server.token).connect(kernel, session_id="e2e-session")
+        assert conn.eval("x + 1") == "42"
+        conn.close()
+        assert "alice" not in a2.sessions()
+
+
+class CorruptingRelay:
+    """A TCP relay on h1 from `port` to the destination agent that flips one bit of the
+    source's bytes once `after` of them went through one connection: a frame damaged on the
+    wire, past TCP's own checksum."""
+
+    def __init__(self, hosts, target, after):
+        self.target, self.after, self.flipped = target, after, False
+        self.lock = threading.Lock()
+        with hosts.inside("h1"):
+            self.listener = socket.create_server((hosts.address("h1"), 0))
+            self.port = self.listener.getsockname()[1]
+            threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src, dst, corrupt):
+        seen = 0
+        try:
+            while data := src.recv(65536):
+                if corrupt and seen + len(data) > self.after:
+                    with self.lock:
+                        if not self.flipped:
+                            self.flipped = True
+                            data = bytearray(data)
+                            data[max(0, self.after - seen)] ^= 0x10
+                            data = bytes(data)
+                seen += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.listener.close()
+
+
+def test_a_corrupted_frame_fails_the_migration_and_leaves_the_session_running(hosts, bin_dir, workdir, secret_file):
+    with host_agent(bin_dir, hosts, "h1", secret_file) as a1:
+        server, kernel = run_on_h1(a1, hosts, workdir)
+        with host_agent(bin_dir, hosts, "h2", secret_file) as a2:
+            relay = CorruptingRelay(hosts, (hosts.address("h2"), PEER_PORT), after=64 << 20)
+            try:
+                failed = a1.cli("migrate", "alice", "--to", f"{hosts.address('h1')}:{relay.port}", check=False)
+            finally:
+                relay.close()
+            print(failed.stderr)
+            assert relay.flipped, "the relay damaged a frame"
+            assert failed.returncode != 0
+            assert "running here" in failed.stderr, failed.stderr
+            deadline = time.monotonic() + 15
+            while "checksum" not in a2.agent_log().lower() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert "checksum" in a2.agent_log().lower(), "the destination saw the damage: " + a2.agent_log()[-2000:]
+            assert "alice" not in a2.sessions()
+        assert_running_on_h1(a1, hosts, server, kernel)
+        then_migrate_again(bin_dir, hosts, a1, secret_file, server, kernel)
+
+
+class MemoryCgroup:
+    """A memory-limited cgroup (v2, or v1's memory controller), removed afterwards."""
+
+    def __init__(self):
+        name = f"elsa-test-{os.getpid()}"
+        if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+            root = "/sys/fs/cgroup"
+            with open(os.path.join(root, "cgroup.subtree_control")) as f:
+                if "memory" not in f.read().split():
+                    with open(os.path.join(root, "cgroup.subtree_control"), "w") as w:
+                        w.write("+memory")
+            self.path, self.limit_file = os.path.join(root, name), "memory.max"
+        elif os.path.isdir("/sys/fs/cgroup/memory"):
+            self.path, self.limit_file = os.path.join("/sys/fs/cgroup/memory", name), "memory.limit_in_bytes"
+        else:
+            pytest.fail("this test needs a cgroup memory controller (v2 at /sys/fs/cgroup or v1 at .../memory)")
+        os.mkdir(self.path)
+
+    def limit(self, value):
+        with open(os.path.join(self.path, self.limit_file), "w") as f:
+            f.write(str(value) if value is not None else ("max" if self.limit_file == "memory.max" else "-1"))
+
+    def add(self, pid):
+        with open(os.path.join(self.path, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+
+    def remove(self):
+        for _ in range(50):
+            try:
+                os.rmdir(self.path)
+                return
+            except OSError:
+                time.sleep(0.1)
+
+
+@pytest.fixture
+def memory_cgroup():
+    group = MemoryCgroup()
+    try:
+        yield group
+    finally:
+        group.remove()
+
+
+def test_a_destination_without_enough_memory_refuses_before_the_freeze(hosts, bin_dir, workdir, secret_file,
+                                                                      memory_cgroup):
+    with host_agent(bin_dir, hosts, "h1", secret_file) as a1:
+        server, kernel = run_on_h1(a1, hosts, workdir)
+        with host_agent(bin_dir, hosts, "h2", secret_file) as a2:
+            memory_cgroup.limit(256 << 20)  # half of the kernel's array
+            memory_cgroup.add(a2.proc.pid)
+            failed = a1.cli("migrate", "alice", "--to", hosts.address("h2"), check=False)
+            assert failed.returncode != 0
+            assert "not enough memory" in failed.stderr and "running here" in failed.stderr, \
+                failed.stderr + a2.agent_log()
+            assert "alice" not in a2.sessions()
+            assert_running_on_h1(a1, hosts, server, kernel)
+            memory_cgroup.limit(None)  # the operator makes room; the same agent now takes it
+            a1.json("migrate", "alice", "--to", hosts.address("h2"))
+            assert a2.sessions()["alice"]["state"] == "running"
+            a2.cli("stop", "alice")  # before the group goes
+
+
+def test_the_destination_dying_during_postcopy_resumes_the_session_on_the_source(hosts, bin_dir, workdir,
+                                                                                secret_file):
+    hosts.shape("200mbit")  # the post-copy of 600 MiB takes ~25 s: time to pull the plug
+    with host_agent(bin_dir, hosts, "h1", secret_file) as a1:
+        server, kernel = run_on_h1(a1, hosts, workdir)
+        a2 = host_agent(bin_dir, hosts, "h2", secret_file).start()
+        try:
+            migration = migrate_in_background(bin_dir, a1, hosts.address("h2"), "--mode", "postcopy")
+            deadline = time.monotonic() + 60
+            while "alice" not in a2.sessions() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert "alice" in a2.sessions(), "the session runs on h2, its memory still arriving"
+            b_pids = tree_pids(a2.sessions()["alice"]["pid"])
+            time.sleep(1)
+            a2.proc.kill()  # the destination's agent dies in the middle of post-copy
+            _, err = migration.communicate(timeout=120)
+            assert migration.returncode != 0
+            assert "running here" in err, err
+        finally:
+            a2.close()
+            # Known gap (docs/architecture.md): a tree restored by an agent that is killed
+            # outlives it; its copy here has holes and must not run on.
+            for pid in b_pids:
+                if alive(pid):
+                    os.kill(pid, 9)
+        assert_running_on_h1(a1, hosts, server, kernel)
