@@ -10,9 +10,9 @@ import time
 from hubstack import artifacts_dir, open_kernel
 
 # The hub compares the proxy's routes with its own record every last_activity_interval (300 s by
-# default; 1 s in these tests). How many of those checks to watch after the move: the default
-# keeps CI short; ELSA_HUB_ROUTE_CHECKS=300 watches 300 of them (5 minutes).
-ROUTE_CHECKS = int(os.environ.get("ELSA_HUB_ROUTE_CHECKS", "30"))
+# default; 1 s in these tests). The test watches them for ROUTE_WATCH_S after the move (the
+# issue's 300 s; ELSA_HUB_ROUTE_WATCH_S=30 for a quick local run).
+ROUTE_WATCH_S = int(os.environ.get("ELSA_HUB_ROUTE_WATCH_S", "300"))
 
 
 class CellLoop(threading.Thread):
@@ -79,14 +79,15 @@ def test_admin_migrates_a_server_under_the_hub_and_nothing_reverts(stack):
 
     # The hub's route checks: none may send the proxy back to h1.
     checks_at_move = route_checks(stack)
-    samples, deadline = [], time.monotonic() + ROUTE_CHECKS * 3 + 60
-    while route_checks(stack) < checks_at_move + ROUTE_CHECKS:
-        assert time.monotonic() < deadline, "the hub stopped checking its routes"
+    samples, watch_end = [], time.monotonic() + ROUTE_WATCH_S
+    while time.monotonic() < watch_end:
         state = stack.proxy_state(route)
         samples.append((state["target"], state["hub_target"]))
         assert state["target"].startswith(f"http://{h2}:"), f"the route went back: {state}"
         assert loop.is_alive(), f"the cell loop ended: {loop.errors}"
         time.sleep(0.5)
+    # Checks at 1 s: a hub that stopped checking would make the watch prove nothing.
+    assert route_checks(stack) - checks_at_move >= ROUTE_WATCH_S // 3, "the hub stopped checking its routes"
     hub_routes = stack.proxy_routes()[route]
     assert hub_routes["target"].startswith(f"http://{h2}:"), "the hub's own record now points at h2 too"
     reverts = [line for line in stack.hub_log().splitlines()

@@ -40,7 +40,8 @@ def test_progress_follows_the_agents_phases():
     seen = []
     for phase, detail in [("connect", "to h2"), ("precopy", "round 1: 100 pages scanned, 100 sent (0.4 MiB) in 0.1 s"),
                           ("precopy", "round 2: 100 pages scanned, 3 sent (0.0 MiB) in 0.1 s"),
-                          ("freeze", "freezing"), ("transfer", "3 pages changed"), ("restore", "restoring on h2")]:
+                          ("freeze", "freezing"), ("transfer", "3 pages changed"), ("restore", "restoring on h2"),
+                          ("running", "on h2 after 420 ms"), ("postcopy", "64.0 MiB of 512.0 MiB")]:
         pct = progress_percent("migrate", {"phase": phase, "detail": detail}, pct)
         seen.append(pct)
     assert seen == sorted(seen) and seen[-1] < 100

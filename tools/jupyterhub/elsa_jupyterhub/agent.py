@@ -63,7 +63,8 @@ class AgentClient:
 # pre-copy rounds, which is what a progress bar can honestly say before the operation ends.
 _RESTORE = {"verify": 10, "pages": 30, "lazy": 45, "restore": 55, "criu": 70}
 _CHECKPOINT = {"dump": 10, "criu": 30, "pages": 60, "commit": 80}
-_MIGRATE = {"connect": 5, "precopy": 15, "freeze": 60, "criu": 65, "transfer": 75, "restore": 85}
+_MIGRATE = {"connect": 5, "precopy": 15, "freeze": 60, "criu": 65, "transfer": 75, "restore": 85, "running": 90,
+            "postcopy": 90}
 PHASE_PERCENT = {"restore": _RESTORE, "checkpoint": _CHECKPOINT, "migrate": _MIGRATE}
 
 _ROUND = re.compile(r"round (\d+): (\d+) pages scanned, (\d+) sent")

@@ -100,30 +100,55 @@ class Operations:
                     raise OperationError(f"cannot pause the proxy route {route}: {e}") from None
             mark("paused_at")
 
+            new_target = f"http://{dest_host.address}:{port}"
+            early_resume = None
+
+            async def resume_to_destination():
+                resumed = await self.proxy.resume(route, new_target)
+                mark("resumed_at")
+                job.say("resume", f"proxy route {route} -> {new_target}: {resumed.get('reconnected', 0)} websockets "
+                        f"reconnected, {resumed.get('failed', 0)} failed", pct(88))
+                timeline["proxy"] = {"target": new_target, "reconnected": resumed.get("reconnected", 0),
+                                     "failed": resumed.get("failed", 0)}
+
             def on_event(event):
+                nonlocal early_resume, paused
                 p = progress_percent("migrate", event, 0)
                 job.say(event.get("phase", ""), event.get("detail", ""), pct(5 + 0.85 * p), bytes=event_bytes(event))
+                # The session runs on the destination from "running" on, while post-copy still
+                # brings its memory: the browsers' websockets go there now, not when the source
+                # has handed over its last page.
+                if event.get("phase") == "running" and paused and early_resume is None:
+                    early_resume = asyncio.get_running_loop().create_task(resume_to_destination())
+                    paused = False
             mig = self.cfg.migration
             try:
                 report = await self.fleet.client(source).call(
                     "migrate", name=session, to=dest_host.peer, mode=mig.get("mode", "hybrid"),
                     max_downtime_ms=int(mig.get("max_downtime_ms", 150)), on_event=on_event)
             except AgentError as e:
-                if paused:  # the agent rolled the session back on the source: resume it there
+                if early_resume is not None:
+                    # Post-copy failed after the hand-over: the agent resumed the session on the
+                    # source, so the route goes back there.
+                    await asyncio.gather(early_resume, return_exceptions=True)
+                    back = f"http://{self.cfg.host(source).address}:{port}"
+                    try:
+                        await self.proxy.pause(route)
+                        await self.proxy.resume(route, back)
+                    except ProxyError as pe:
+                        raise OperationError(f"{e}; and the proxy route {route} could not go back to {back}: {pe}") \
+                            from None
+                elif paused:  # the agent rolled the session back on the source: resume it there
                     await self.proxy.resume(route)
                     paused = False
                 raise OperationError(str(e)) from None
             mark("migrated_at")
             timeline["agent"] = report
-            if paused:
-                target = f"http://{report.get('address') or dest_host.address}:{port}"
-                resumed = await self.proxy.resume(route, target)
+            if early_resume is not None:
+                await early_resume
+            elif paused:
                 paused = False
-                mark("resumed_at")
-                job.say("resume", f"proxy route {route} -> {target}: {resumed.get('reconnected', 0)} websockets "
-                        f"reconnected, {resumed.get('failed', 0)} failed", pct(92))
-                timeline["proxy"] = {"target": target, "reconnected": resumed.get("reconnected", 0),
-                                     "failed": resumed.get("failed", 0)}
+                await resume_to_destination()
         finally:
             if paused:  # an unexpected error: never leave a route paused
                 try:
