@@ -20,6 +20,7 @@ std::string_view StatusCodeName(StatusCode code) {
     case StatusCode::kEndOfStream: return "end_of_stream";
     case StatusCode::kProtocolError: return "protocol_error";
     case StatusCode::kUnauthenticated: return "unauthenticated";
+    case StatusCode::kCancelled: return "cancelled";
     case StatusCode::kInternal: return "internal";
   }
   return "unknown";

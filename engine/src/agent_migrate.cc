@@ -138,6 +138,10 @@ Result<MigrateReport> Agent::Migrate(const std::string& name, const MigrateOptio
     Manifest manifest = ManifestFor(info, criu_version);
     manifest.id = "migrating";  // B names the checkpoint it commits
 
+    if (options.before_freeze) {
+      Report(progress, "gate", "pre-copy done; waiting for the go to freeze");
+      ELSA_RETURN_IF_ERROR(options.before_freeze());
+    }
     const auto freeze = Clock::now();
     const auto wire_before_stop = channel->Stats().payload_bytes_sent;
     Result<CriuOutcome> dumped = Status::Internal("not dumped");

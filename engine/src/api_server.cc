@@ -39,7 +39,21 @@ Status ReadField(const json& req, const char* key, T* out, bool required = false
 
 json Ok(json result) { return {{"ok", true}, {"result", std::move(result)}}; }
 
-json ExecuteRequest(Agent& agent, const ApiRequest& req, const EventFn& emit) {
+// The client's go (or not) at the freeze gate, as a Status the migration acts on.
+Status AwaitFreezeGo(const EventFn& emit, const ReadLineFn& read_line) {
+  emit({{"event", "freeze-gate"}});
+  auto line = read_line(kFreezeGateSeconds * 1000);
+  if (!line.ok())
+    return Status::Cancelled("cancelled before the freeze: no go from the client (" + line.status().message() + ")");
+  json answer = json::parse(*line, nullptr, /*allow_exceptions=*/false);
+  if (answer.is_object() && answer.value("freeze", false) == true) return Status::Ok();
+  std::string reason = "no reason given";
+  if (answer.is_object() && answer.contains("reason") && answer["reason"].is_string())
+    reason = answer["reason"].get<std::string>();
+  return Status::Cancelled("cancelled before the freeze by the client: " + reason);
+}
+
+json ExecuteRequest(Agent& agent, const ApiRequest& req, const EventFn& emit, const ReadLineFn& read_line) {
   auto progress = [&](const std::string& phase, const std::string& detail) {
     emit({{"event", "progress"}, {"phase", phase}, {"detail", detail}});
   };
@@ -90,6 +104,10 @@ json ExecuteRequest(Agent& agent, const ApiRequest& req, const EventFn& emit) {
     options.to = req.to;
     options.mode = req.mode;
     options.max_downtime_ms = req.max_downtime_ms;
+    if (req.freeze_gate) {
+      if (!read_line) return ErrorJson(Status::InvalidArgument("this connection cannot answer a freeze gate"));
+      options.before_freeze = [&] { return AwaitFreezeGo(emit, read_line); };
+    }
     auto report = agent.Migrate(req.name, options, progress);
     return report.ok() ? Ok(ToJson(*report)) : ErrorJson(report.status());
   }
@@ -123,14 +141,14 @@ bool WriteLine(int fd, const json& j) {
   return true;
 }
 
-// Reads one request line, bounded in size and time.
-Result<std::string> ReadRequestLine(int fd) {
+// Reads one line (a request, or the freeze gate's answer), bounded in size and time.
+Result<std::string> ReadClientLine(int fd, int timeout_ms) {
   std::string line;
   char buf[4096];
   while (line.find('\n') == std::string::npos) {
     pollfd p{fd, POLLIN, 0};
-    int r = ::poll(&p, 1, 30000);
-    if (r == 0) return Status::Timeout("no request within 30 s");
+    int r = ::poll(&p, 1, timeout_ms);
+    if (r == 0) return Status::Timeout("nothing within " + std::to_string(timeout_ms / 1000) + " s");
     if (r < 0 && errno == EINTR) continue;
     ssize_t n = ::recv(fd, buf, sizeof buf, 0);
     if (n < 0 && errno == EINTR) continue;
@@ -150,12 +168,14 @@ void ServeClient(Agent& agent, int fd) {
     WriteLine(fd, ErrorJson(Status::FailedPrecondition("the Elsa agent serves root only")));
     return;
   }
-  auto line = ReadRequestLine(fd);
+  auto line = ReadClientLine(fd, 30000);
   if (!line.ok()) {
     WriteLine(fd, ErrorJson(line.status()));
     return;
   }
-  json reply = HandleRequest(agent, *line, [fd](const json& event) { WriteLine(fd, event); });
+  json reply = HandleRequest(
+      agent, *line, [fd](const json& event) { WriteLine(fd, event); },
+      [fd](int timeout_ms) { return ReadClientLine(fd, timeout_ms); });
   WriteLine(fd, reply);
 }
 
@@ -189,6 +209,7 @@ Result<ApiRequest> ParseApiRequest(std::string_view line) {
     ELSA_RETURN_IF_ERROR(ReadField(j, "to", &req.to, true));
     ELSA_RETURN_IF_ERROR(ReadField(j, "mode", &req.mode));
     ELSA_RETURN_IF_ERROR(ReadField(j, "max_downtime_ms", &req.max_downtime_ms));
+    ELSA_RETURN_IF_ERROR(ReadField(j, "freeze_gate", &req.freeze_gate));
     if (req.max_downtime_ms < 1 || req.max_downtime_ms > 600000)
       return Status::InvalidArgument("max_downtime_ms must be between 1 and 600000");
     return req;
@@ -202,11 +223,11 @@ Result<ApiRequest> ParseApiRequest(std::string_view line) {
   return Status::InvalidArgument("unknown op '" + o + "'");
 }
 
-json HandleRequest(Agent& agent, const std::string& request_line, const EventFn& emit) {
+json HandleRequest(Agent& agent, const std::string& request_line, const EventFn& emit, const ReadLineFn& read_line) {
   auto req = ParseApiRequest(request_line);
   if (!req.ok()) return ErrorJson(req.status());
   try {
-    return ExecuteRequest(agent, *req, emit);
+    return ExecuteRequest(agent, *req, emit, read_line);
   } catch (const std::exception& e) {
     return ErrorJson(Status::Internal(std::string("unexpected error: ") + e.what()));
   }

@@ -1,6 +1,7 @@
 """Failures of a live migration between two simulated hosts. Each must end with the session
 running on h1, unchanged, and a clear error; where it matters, a second migration then works."""
 
+import json
 import os
 import secrets
 import socket
@@ -295,3 +296,47 @@ def test_the_destination_dying_during_postcopy_resumes_the_session_on_the_source
                 if alive(pid):
                     os.kill(pid, 9)
         assert_running_on_h1(a1, hosts, server, kernel)
+
+
+def gated_migrate(a1, to, answer):
+    """`migrate` over the agent's API with the freeze gate, answered with `answer` (None: never
+    answered). Returns the phases seen (the gate as "freeze-gate") and the final reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(300)
+        s.connect(a1.socket)
+        f = s.makefile("rwb")
+        f.write((json.dumps({"op": "migrate", "name": "alice", "to": to, "freeze_gate": True}) + "\n").encode())
+        f.flush()
+        phases = []
+        for line in f:
+            msg = json.loads(line)
+            if msg.get("event") == "freeze-gate":
+                phases.append("freeze-gate")
+                if answer is not None:
+                    f.write((json.dumps(answer) + "\n").encode())
+                    f.flush()
+            elif "event" in msg:
+                phases.append(msg.get("phase"))
+            else:
+                return phases, msg
+    raise AssertionError(f"the agent closed the connection without a reply after {phases}")
+
+
+def test_the_freeze_gate_cancels_or_goes_on(hosts, bin_dir, workdir, secret_file):
+    """The freeze gate (elsa-hub-service pauses elsa-proxy there): a refusal or no answer cancels
+    with the session running on h1; a go migrates it, frozen only after the answer."""
+    with host_agent(bin_dir, hosts, "h1", secret_file) as a1, host_agent(bin_dir, hosts, "h2", secret_file) as a2:
+        server, kernel = run_on_h1(a1, hosts, workdir)
+        to = hosts.address("h2")
+        for answer, says in [({"freeze": False, "reason": "the proxy is down"}, "the proxy is down"),
+                             (None, "no go from the client")]:
+            phases, reply = gated_migrate(a1, to, answer)
+            assert phases.count("freeze-gate") == 1 and "freeze" not in phases, phases
+            assert not reply["ok"] and reply["error"]["code"] == "cancelled", reply
+            assert says in reply["error"]["message"], reply
+            assert "alice" not in a2.sessions()
+            assert_running_on_h1(a1, hosts, server, kernel)
+        phases, reply = gated_migrate(a1, to, {"freeze": True})
+        assert reply["ok"], reply
+        assert phases.index("precopy") < phases.index("freeze-gate") < phases.index("freeze"), phases
+        assert a2.sessions()["alice"]["state"] == "running"

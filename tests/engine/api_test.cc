@@ -41,6 +41,11 @@ TEST(Api, HostileRequestsGetErrorsNotCrashes) {
   EXPECT_EQ(ErrorCode(Handle(agent, R"({"op":"verify","checkpoint":"nope"})")), "not_found");
   EXPECT_EQ(ErrorCode(Handle(agent, R"({"op":"checkpoint","name":"nobody"})")), "not_found");
   EXPECT_EQ(ErrorCode(Handle(agent, R"({"op":"run","name":"x","argv":[]})")), "invalid_argument");
+  EXPECT_EQ(ErrorCode(Handle(agent, R"({"op":"migrate","name":"x","to":"10.0.0.2","freeze_gate":"yes"})")),
+            "invalid_argument");
+  // A gate needs a connection that can carry the client's answer.
+  EXPECT_EQ(ErrorCode(Handle(agent, R"({"op":"migrate","name":"x","to":"10.0.0.2","freeze_gate":true})")),
+            "invalid_argument");
 }
 
 TEST(Api, ServesRunPsAndStopOverTheSocket) {

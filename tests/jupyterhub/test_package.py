@@ -38,12 +38,13 @@ def test_session_names_are_reversible_and_valid_for_elsad():
 def test_progress_follows_the_agents_phases():
     pct = 0
     seen = []
-    for phase, detail in [("connect", "to h2"), ("precopy", "round 1: 100 pages scanned, 100 sent (0.4 MiB) in 0.1 s"),
-                          ("precopy", "round 2: 100 pages scanned, 3 sent (0.0 MiB) in 0.1 s"),
+    for phase, detail in [("connect", "to h2"), ("precopy", "round 1: 411.1 MiB scanned, 409.6 MiB sent in 0.70 s"),
+                          ("precopy", "round 2: 411.2 MiB scanned, 4.8 MiB sent in 0.13 s"),
+                          ("gate", "pre-copy done; waiting for the go to freeze"),
                           ("freeze", "freezing"), ("transfer", "3 pages changed"), ("restore", "restoring on h2"),
                           ("running", "on h2 after 420 ms"), ("postcopy", "64.0 MiB of 512.0 MiB")]:
         pct = progress_percent("migrate", {"phase": phase, "detail": detail}, pct)
         seen.append(pct)
     assert seen == sorted(seen) and seen[-1] < 100
-    assert event_bytes({"detail": "round 1: 100 pages scanned, 100 sent (0.4 MiB)"}) == 100 * 4096
+    assert event_bytes({"detail": "round 1: 411.1 MiB scanned, 4.5 MiB sent in 0.70 s"}) == int(4.5 * 2**20)
     assert event_bytes({"detail": "checking 48 files (381.0 MiB)"}) == 381 * 2**20

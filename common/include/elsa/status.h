@@ -25,6 +25,7 @@ enum class StatusCode {
   kEndOfStream,       // the other end closed cleanly; nothing more will come
   kProtocolError,     // the peer sent something the protocol does not allow
   kUnauthenticated,   // the peer could not prove it holds the shared secret
+  kCancelled,         // the caller called it off (e.g. no go at a migration's freeze gate)
   kInternal,
 };
 
@@ -49,6 +50,7 @@ class [[nodiscard]] Status {
   static Status EndOfStream(std::string m) { return {StatusCode::kEndOfStream, std::move(m)}; }
   static Status ProtocolError(std::string m) { return {StatusCode::kProtocolError, std::move(m)}; }
   static Status Unauthenticated(std::string m) { return {StatusCode::kUnauthenticated, std::move(m)}; }
+  static Status Cancelled(std::string m) { return {StatusCode::kCancelled, std::move(m)}; }
   static Status Internal(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
   // "what: strerror(err)", for a failed system call.
   static Status FromErrno(std::string_view what, int err);

@@ -21,8 +21,12 @@ class AgentClient:
     def __init__(self, host):
         self.host = host  # config.Host
 
-    async def call(self, op, on_event=None, timeout=900, **fields):
+    async def call(self, op, on_event=None, timeout=900, on_freeze_gate=None, **fields):
+        """`on_freeze_gate` (migrate): awaited when the agent is about to freeze the session; it
+        returns normally to go on, or raises to cancel with the session still running."""
         request = {"op": op, **{k: v for k, v in fields.items() if v is not None}}
+        if on_freeze_gate is not None:
+            request["freeze_gate"] = True
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(self.host.socket, limit=64 * 2**20), 10)
@@ -38,6 +42,15 @@ class AgentClient:
                 if not line:
                     raise AgentError(self.host.name, op, "unavailable", "the agent closed the connection without an answer")
                 msg = json.loads(line)
+                if msg.get("event") == "freeze-gate":
+                    try:
+                        await on_freeze_gate()
+                        answer = {"freeze": True}
+                    except Exception as e:  # noqa: BLE001 - its message goes to the agent, which cancels
+                        answer = {"freeze": False, "reason": str(e)}
+                    writer.write((json.dumps(answer) + "\n").encode())
+                    await writer.drain()
+                    continue
                 if "event" in msg:
                     if on_event:
                         on_event(msg)
@@ -63,11 +76,12 @@ class AgentClient:
 # pre-copy rounds, which is what a progress bar can honestly say before the operation ends.
 _RESTORE = {"verify": 10, "pages": 30, "lazy": 45, "restore": 55, "criu": 70}
 _CHECKPOINT = {"dump": 10, "criu": 30, "pages": 60, "commit": 80}
-_MIGRATE = {"connect": 5, "precopy": 15, "freeze": 60, "criu": 65, "transfer": 75, "restore": 85, "running": 90,
+_MIGRATE = {"connect": 5, "precopy": 15, "gate": 56, "freeze": 60, "criu": 65, "transfer": 75, "restore": 85, "running": 90,
             "postcopy": 90}
 PHASE_PERCENT = {"restore": _RESTORE, "checkpoint": _CHECKPOINT, "migrate": _MIGRATE}
 
-_ROUND = re.compile(r"round (\d+): (\d+) pages scanned, (\d+) sent")
+# engine/src/agent_migrate.cc: "round N: X MiB scanned, Y MiB sent in ..."
+_ROUND = re.compile(r"round (\d+): ([\d.]+) MiB scanned, ([\d.]+) MiB sent")
 
 
 def progress_percent(operation, event, previous=0):
@@ -82,11 +96,12 @@ def progress_percent(operation, event, previous=0):
 
 
 def event_bytes(event):
-    """Bytes the event's detail speaks of (pages sent/scanned or MiB), or None."""
+    """Bytes the event's detail speaks of (a round's MiB sent, else the first MiB or pages
+    count), or None."""
     detail = event.get("detail", "")
     m = _ROUND.search(detail)
     if m:
-        return int(m.group(3)) * 4096
+        return int(float(m.group(3)) * 2**20)
     m = re.search(r"([\d.]+) MiB", detail)
     if m:
         return int(float(m.group(1)) * 2**20)

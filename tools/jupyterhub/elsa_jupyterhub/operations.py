@@ -66,7 +66,8 @@ class Operations:
     # Migration -------------------------------------------------------------------------------
     async def migrate(self, session, dest, job, scale=(0, 100), hub_wait_s=60):
         """Moves a running session to host `dest` while elsa-proxy holds its browsers' websockets:
-        pause the route, migrate (elsad, live), resume to the new address; then wait until the
+        migrate (elsad, live), pausing the route at the agent's freeze gate and resuming it to the
+        new address once the session runs there; then wait until the
         hub records the server at its new place (ElsaSpawner.poll), so its route checks keep the
         proxy there. Returns the timeline; raises OperationError with what went wrong."""
         lo, hi = scale
@@ -89,16 +90,19 @@ class Operations:
         self.fleet.mark_migrating(session, source, dest)
         paused = False
         try:
-            if route:
+            async def pause_route():
+                # At the agent's freeze gate: the browsers wait for the freeze only, not for the
+                # pre-copy rounds before it. An error here cancels with the session running.
+                nonlocal paused
                 try:
                     state = await self.proxy.pause(route)
-                    paused = state is not None
-                    job.say("pause", f"proxy route {route} paused"
-                            + (f" ({state.get('drained', 0)} backend websockets closed)" if state else " (no route)"),
-                            pct(3))
                 except ProxyError as e:
                     raise OperationError(f"cannot pause the proxy route {route}: {e}") from None
-            mark("paused_at")
+                paused = state is not None
+                mark("paused_at")
+                job.say("pause", f"proxy route {route} paused"
+                        + (f" ({state.get('drained', 0)} backend websockets closed)" if state else " (no route)"),
+                        pct(54))
 
             new_target = f"http://{dest_host.address}:{port}"
             early_resume = None
@@ -125,7 +129,8 @@ class Operations:
             try:
                 report = await self.fleet.client(source).call(
                     "migrate", name=session, to=dest_host.peer, mode=mig.get("mode", "hybrid"),
-                    max_downtime_ms=int(mig.get("max_downtime_ms", 150)), on_event=on_event)
+                    max_downtime_ms=int(mig.get("max_downtime_ms", 150)), on_event=on_event,
+                    on_freeze_gate=pause_route if route else None)
             except AgentError as e:
                 if early_resume is not None:
                     # Post-copy failed after the hand-over: the agent resumed the session on the

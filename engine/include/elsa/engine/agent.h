@@ -109,6 +109,11 @@ struct MigrateOptions {
   std::string mode = "hybrid";
   int max_downtime_ms = 150;     // pre-copy stops once what is left fits in this at the link rate
   int max_rounds = 8;
+  // Called after pre-copy, right before the freeze, while the session still runs. An error
+  // cancels the migration and leaves the session running here. elsa-hub-service pauses its
+  // browsers' websockets in elsa-proxy at this point, so they wait for the freeze only, not for
+  // the pre-copy rounds.
+  std::function<Status()> before_freeze;
 };
 
 struct MigrationRound {

@@ -4,7 +4,12 @@
 // The agent answers with zero or more event lines {"event":"progress","phase":..,"detail":..}
 // and then exactly one final line: {"ok":true,"result":{...}} or
 // {"ok":false,"error":{"code":"not_found","message":"..."}}; then it closes the connection.
-// Ops: version, run, ps, session, stop, checkpoint, restore, checkpoints, rm, verify, gc.
+// Ops: version, run, ps, session, stop, checkpoint, restore, checkpoints, rm, verify, gc, migrate.
+//
+// The freeze gate: a migrate request with "freeze_gate": true gets {"event":"freeze-gate"} once
+// pre-copy is done and the agent is about to freeze the session; the client answers on the same
+// connection with {"freeze": true} to go on, or anything else ({"freeze": false, "reason": ..})
+// to cancel with the session still running. No answer within kFreezeGateSeconds cancels too.
 #pragma once
 
 #include <atomic>
@@ -21,6 +26,7 @@ namespace elsa {
 
 constexpr const char* kDefaultSocketPath = "/run/elsa/elsad.sock";
 constexpr size_t kMaxRequestBytes = 1 << 20;
+constexpr int kFreezeGateSeconds = 10;
 
 // JSON shapes shared by the server and its clients.
 nlohmann::json ToJson(const SessionInfo& info);
@@ -34,6 +40,8 @@ nlohmann::json ErrorJson(const Status& status);
 Status StatusFromErrorJson(const nlohmann::json& error);
 
 using EventFn = std::function<void(const nlohmann::json& event)>;
+// Reads the client's next line (the freeze gate's answer), waiting at most `timeout_ms`.
+using ReadLineFn = std::function<Result<std::string>(int timeout_ms)>;
 
 // A request line, decoded and type-checked (values are validated by the agent).
 struct ApiRequest {
@@ -48,12 +56,15 @@ struct ApiRequest {
   std::string to;               // migrate: HOST[:PORT] of the destination agent
   std::string mode = "hybrid";  // migrate
   int max_downtime_ms = 150;    // migrate
+  bool freeze_gate = false;     // migrate: wait for the client's go before the freeze
 };
 // Untrusted bytes in, a request or an InvalidArgument out. Never throws.
 Result<ApiRequest> ParseApiRequest(std::string_view line);
 
-// Handles one decoded request against the agent; events go to `emit`. Never throws.
-nlohmann::json HandleRequest(Agent& agent, const std::string& request_line, const EventFn& emit);
+// Handles one decoded request against the agent; events go to `emit`, the freeze gate's answer
+// comes from `read_line` (without one, a gated request is refused). Never throws.
+nlohmann::json HandleRequest(Agent& agent, const std::string& request_line, const EventFn& emit,
+                             const ReadLineFn& read_line = {});
 
 class ApiServer {
  public:
