@@ -18,6 +18,7 @@
 #include "elsa/engine/agent.h"
 #include "elsa/engine/session_process.h"
 #include "elsa/file_util.h"
+#include "elsa/page_server/criu_stats.h"
 #include "migration.h"
 #include "peer_protocol.h"
 #include "postcopy.h"
@@ -198,7 +199,15 @@ Result<MigrateReport> Agent::Migrate(const std::string& name, const MigrateOptio
     }
     if (auto log = ReadFile(dump_dir + "/" + CriuDriver::kDumpLog); log.ok()) lock_table = CriuNetworkLockTable(*log);
     out.dump_seconds = SecondsSince(freeze);
-    out.freeze_seconds = dumped->At("network-lock");
+    // CRIU's own measure of stopping the tree, from its stats image. A lazy dump's is useless:
+    // CRIU's lazy-pages server resets the statistics before writing them.
+    if (!postcopy) {
+      if (auto stats_bytes = ReadFile(dump_dir + "/" + page_server::kCriuDumpStatsFile); stats_bytes.ok()) {
+        auto stats = page_server::ParseCriuDumpStats(
+            std::span(reinterpret_cast<const uint8_t*>(stats_bytes->data()), stats_bytes->size()));
+        if (stats.ok()) out.freeze_seconds = stats->freezing_seconds;
+      }
+    }
     manifest.dump_seconds = dumped->seconds;
 
     std::optional<LazyPlan> plan;

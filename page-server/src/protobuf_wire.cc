@@ -56,10 +56,10 @@ std::span<const uint8_t> Cursor::Take(size_t n) {
 }
 
 Result<std::vector<std::span<const uint8_t>>> ImageRecords(std::span<const uint8_t> bytes, uint32_t type_magic,
-                                                           const std::string& what) {
+                                                           const std::string& what, uint32_t first_magic) {
   Cursor c(bytes);
   uint32_t magic1, magic2;
-  if (!c.U32(&magic1) || !c.U32(&magic2) || magic1 != kImgCommonMagic || magic2 != type_magic)
+  if (!c.U32(&magic1) || !c.U32(&magic2) || magic1 != first_magic || magic2 != type_magic)
     return Status::Corruption(what + " is not the CRIU image it should be (bad magic)");
   std::vector<std::span<const uint8_t>> records;
   while (!c.done()) {

@@ -78,9 +78,10 @@ bool ForEachField(std::span<const uint8_t> msg, Fn fn) {
   return true;
 }
 
-// The messages of an image file whose second magic is `type_magic`. `what` names the image in
-// errors ("mm-1.img").
+// The messages of an image file whose magics are `first_magic` (CRIU's common one, or the
+// service one of stats images) and `type_magic`. `what` names the image in errors ("mm-1.img").
 Result<std::vector<std::span<const uint8_t>>> ImageRecords(std::span<const uint8_t> bytes, uint32_t type_magic,
-                                                           const std::string& what);
+                                                           const std::string& what,
+                                                           uint32_t first_magic = kImgCommonMagic);
 
 }  // namespace elsa::page_server::wire

@@ -68,6 +68,10 @@ def test_a_session_moves_with_its_kernel_state(hosts, bin_dir, workdir, secret_f
         report = a1.json("migrate", "alice", "--to", hosts.address("h2"), "--mode", mode)
         print(report)
         assert report["address"] == hosts.address("h2")
+        phases = report["phases"]
+        if mode == "precopy":  # CRIU's own freeze time (a lazy dump's statistics are reset)
+            assert 0 < phases["freeze_seconds"] <= phases["dump_seconds"]
+        assert report["downtime_seconds"] >= phases["dump_seconds"] + phases["restore_seconds"]
         pages = report["pages"]
         session_pages = SESSION_MIB * 256
         if mode == "postcopy":

@@ -10,6 +10,8 @@
 #include <thread>
 
 #include "elsa/engine/session_process.h"
+#include "elsa/file_util.h"
+#include "elsa/page_server/criu_stats.h"
 #include "test_util.h"
 
 namespace elsa {
@@ -117,6 +119,15 @@ TEST_F(CriuDriverReal, DumpsAndRestoresAProcessTree) {
   EXPECT_TRUE(WIFSIGNALED(status));  // CRIU ended the tree after dumping it
   EXPECT_FALSE(events.empty());
   EXPECT_TRUE(std::filesystem::exists(dir / "inventory.img"));
+  // CRIU's own timings, which a migration reports as its freeze time.
+  auto stats_bytes = ReadFile(dir / page_server::kCriuDumpStatsFile);
+  ASSERT_TRUE(stats_bytes.ok()) << stats_bytes.status().message();
+  auto stats = page_server::ParseCriuDumpStats(
+      std::span(reinterpret_cast<const uint8_t*>(stats_bytes->data()), stats_bytes->size()));
+  ASSERT_TRUE(stats.ok()) << stats.status().message();
+  EXPECT_GT(stats->freezing_seconds, 0);
+  EXPECT_GE(stats->frozen_seconds, stats->freezing_seconds);
+  EXPECT_GT(stats->pages_scanned, 0u);
 
   auto restored = criu.Restore({images->get(), images->get(), {{pipe->criu_key, pipe->write_end.get()}}});
   ASSERT_TRUE(restored.ok()) << restored.status().message();

@@ -1,5 +1,6 @@
 // What a store-backed checkpoint on disk holds besides pagemaps, all untrusted when read back:
-// refs files, and the mm and core images the lazy restore reads VMAs and stack pointers from.
+// refs files, the mm and core images the lazy restore reads VMAs and stack pointers from, and
+// CRIU's stats-dump.
 // Decoding must never crash; refs that decode must survive a round trip.
 #include <cstddef>
 #include <cstdint>
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "criu_images.h"
+#include "elsa/page_server/criu_stats.h"
 #include "elsa/page_server/paged_images.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -23,5 +25,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (const auto& [start, end] : *ranges)
       if (start >= end) __builtin_trap();
   (void)StackPointersFromCore(bytes, "core.img");
+  (void)ParseCriuDumpStats(bytes);
   return 0;
 }

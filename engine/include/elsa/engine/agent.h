@@ -131,7 +131,7 @@ struct MigrateReport {
   pid_t pid = 0;                 // on B
   std::vector<MigrationRound> rounds;
   double precopy_seconds = 0;
-  double freeze_seconds = 0;     // CRIU stopping the tree, until its network lock
+  double freeze_seconds = 0;     // CRIU stopping the tree, as CRIU measured it (precopy; part of dump_seconds)
   double dump_seconds = 0;       // freeze + CRIU dump (precopy: pages B lacks sent meanwhile)
   double transfer_seconds = 0;   // image files, and waiting for every page to arrive
   double restore_seconds = 0;    // on B: (commit +) restore until the tree runs
