@@ -25,16 +25,27 @@ void WriteSegment(const std::string& path, const uint8_t* data, size_t size) {
   ::close(fd);
 }
 
+// One scratch directory per fuzzing process, removed when it exits (libFuzzer ends with exit(),
+// which runs static destructors).
+struct ScratchDir {
+  std::string path;
+  ScratchDir() {
+    char tmpl[] = "/tmp/elsa-fuzz-page-store-XXXXXX";
+    if (!::mkdtemp(tmpl)) std::abort();
+    path = tmpl;
+  }
+  ~ScratchDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path, ignored);
+  }
+};
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace elsa::page_server;
-  static const std::string root = [] {
-    char tmpl[] = "/tmp/elsa-fuzz-page-store-XXXXXX";
-    if (!::mkdtemp(tmpl)) std::abort();
-    return std::string(tmpl);
-  }();
-  const std::string dir = root + "/store";
+  static const ScratchDir root;
+  const std::string dir = root.path + "/store";
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   if (size > 0 && (data[0] & 1)) {
