@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from elsa_agent import ElsaAgent, alive, tree_pids
+from elsa_agent import ElsaAgent
 from elsa_jupyter import JupyterServer
 from test_checkpoint_restore import CHECK_ARRAY
 from test_migrate import PEER_PORT, host_agent, run_on_h1, secret_file  # noqa: F401 (fixture)
@@ -282,7 +282,6 @@ def test_the_destination_dying_during_postcopy_resumes_the_session_on_the_source
             while "alice" not in a2.sessions() and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert "alice" in a2.sessions(), "the session runs on h2, its memory still arriving"
-            b_pids = tree_pids(a2.sessions()["alice"]["pid"])
             time.sleep(1)
             a2.proc.kill()  # the destination's agent dies in the middle of post-copy
             _, err = migration.communicate(timeout=120)
@@ -290,36 +289,70 @@ def test_the_destination_dying_during_postcopy_resumes_the_session_on_the_source
             assert "running here" in err, err
         finally:
             a2.close()
-            # Known gap (docs/architecture.md): a tree restored by an agent that is killed
-            # outlives it; its copy here has holes and must not run on.
-            for pid in b_pids:
-                if alive(pid):
-                    os.kill(pid, 9)
+            kill_stray_processes(hosts, "h2")
         assert_running_on_h1(a1, hosts, server, kernel)
 
 
-def gated_migrate(a1, to, answer):
-    """`migrate` over the agent's API with the freeze gate, answered with `answer` (None: never
-    answered). Returns the phases seen (the gate as "freeze-gate") and the final reply."""
+def api_migrate(a1, to, on_event, **fields):
+    """`migrate` over the agent's API, calling `on_event(msg, answer)` for each event line
+    (`answer(obj)` writes a line back: the freeze gate's). Returns the phases seen (the gate as
+    "freeze-gate") and the final reply."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(300)
         s.connect(a1.socket)
         f = s.makefile("rwb")
-        f.write((json.dumps({"op": "migrate", "name": "alice", "to": to, "freeze_gate": True}) + "\n").encode())
-        f.flush()
+
+        def answer(obj):
+            f.write((json.dumps(obj) + "\n").encode())
+            f.flush()
+        answer({"op": "migrate", "name": "alice", "to": to, **fields})
         phases = []
         for line in f:
             msg = json.loads(line)
-            if msg.get("event") == "freeze-gate":
-                phases.append("freeze-gate")
-                if answer is not None:
-                    f.write((json.dumps(answer) + "\n").encode())
-                    f.flush()
-            elif "event" in msg:
-                phases.append(msg.get("phase"))
-            else:
+            if "event" not in msg:
                 return phases, msg
-    raise AssertionError(f"the agent closed the connection without a reply after {phases}")
+            phases.append(msg["phase"] if msg["event"] == "progress" else msg["event"])
+            on_event(msg, answer)
+    raise AssertionError("the agent closed the connection without a reply")
+
+
+def gated_migrate(a1, to, gate_answer):
+    """`migrate` with the freeze gate, answered with `gate_answer` (None: never answered)."""
+    def on_event(msg, answer):
+        if msg["event"] == "freeze-gate" and gate_answer is not None:
+            answer(gate_answer)
+    return api_migrate(a1, to, on_event, freeze_gate=True)
+
+
+def kill_stray_processes(hosts, host):
+    """Known gap (docs/architecture.md): a tree an agent restored outlives the agent killed
+    under it; its copy has holes and must not run on."""
+    for pid in subprocess.run(["ip", "netns", "pids", hosts.netns(host)], capture_output=True, text=True).stdout.split():
+        try:
+            os.kill(int(pid), 9)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.parametrize("mode,phase", [("precopy", "transfer"), ("hybrid", "restore")])
+def test_the_destination_dying_at_a_phase_resumes_the_session_on_the_source(hosts, bin_dir, workdir, secret_file,
+                                                                            mode, phase):
+    """B's agent killed the moment A reports sending the images (precopy: after the frozen
+    tree's pages went over) or restoring on B (hybrid): A resumes its frozen tree."""
+    with host_agent(bin_dir, hosts, "h1", secret_file) as a1:
+        server, kernel = run_on_h1(a1, hosts, workdir)
+        a2 = host_agent(bin_dir, hosts, "h2", secret_file).start()
+        try:
+            def on_event(msg, answer):
+                if msg.get("phase") == phase and a2.proc.poll() is None:
+                    a2.proc.kill()
+            phases, reply = api_migrate(a1, hosts.address("h2"), on_event, mode=mode)
+            assert phase in phases and a2.proc.poll() is not None, phases
+            assert not reply["ok"] and "running here" in reply["error"]["message"], reply
+        finally:
+            a2.close()
+            kill_stray_processes(hosts, "h2")
+        assert_running_on_h1(a1, hosts, server, kernel)
 
 
 def test_the_freeze_gate_cancels_or_goes_on(hosts, bin_dir, workdir, secret_file):
