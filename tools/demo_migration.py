@@ -127,26 +127,46 @@ def run(step, show, bin_dir, proxy_bin, array_mib):
             loop.start()
             time.sleep(1.0)
             with step("live-migrate h1 -> h2 while the client runs a cell every 100 ms"):
+                # As elsa-hub-service does it: pre-copy while the client works; the route paused
+                # at the agent's freeze gate; resumed to h2 once the session runs there, while
+                # post-copy still brings what changed.
                 t0 = time.monotonic()
-                paused = proxy.api("POST", f"/api/migration/pause{ROUTE}", {})
-                t_paused = time.monotonic()
-                report = a1.json("migrate", "bob", "--to", hosts.address("h2"))
-                t_migrated = time.monotonic()
-                resumed = proxy.api("POST", f"/api/migration/resume{ROUTE}",
-                                    {"target": f"http://{report['address']}:{JUPYTER_PORT}"})
-                t_resumed = time.monotonic()
-                ph = report["phases"]
-                print(f"    proxy paused the route in {t_paused - t0:.3f} s "
-                      f"({paused.get('drained', 0)} backend websocket closed cleanly; the client's stays open)")
+                at = {}
+                target = f"http://{hosts.address('h2')}:{JUPYTER_PORT}"
+
+                def on_event(event, answer):
+                    if event["event"] == "freeze-gate":
+                        at["gate"] = time.monotonic()
+                        at["drained"] = proxy.api("POST", f"/api/migration/pause{ROUTE}", {}).get("drained", 0)
+                        at["paused"] = time.monotonic()
+                        answer({"freeze": True})
+                    elif event.get("phase") == "running":
+                        at["running"] = time.monotonic()
+                        at["reconnected"] = proxy.api("POST", f"/api/migration/resume{ROUTE}",
+                                                      {"target": target}).get("reconnected", 0)
+                        at["resumed"] = time.monotonic()
+                reply = a1.api({"op": "migrate", "name": "bob", "to": hosts.address("h2"), "freeze_gate": True},
+                               on_event)
+                if not reply.get("ok"):
+                    raise SystemExit(f"    the migration failed: {reply.get('error')}")
+                report = reply["result"]
+                t_resumed = at["resumed"]
+                ph, pages = report["phases"], report["pages"]
                 for r in report["precopy_rounds"]:
-                    print(f"    pre-copy round: {r['pages_scanned']} pages scanned, {r['pages_sent']} sent, "
-                          f"{r['seconds']:.3f} s")
-                print(f"    freeze + dump {ph['dump_seconds']:.3f} s, transfer {ph['transfer_seconds']:.3f} s, "
-                      f"restore on h2 {ph['restore_seconds']:.3f} s: session downtime {report['downtime_seconds']:.3f} s")
-                print(f"    {report['pages']['deduplicated']} of {report['pages']['dumped']} dumped pages were "
-                      f"already on h2; {report['bytes']['stop'] / 2**20:.1f} MiB sent while frozen")
-                print(f"    proxy resumed to h2 in {t_resumed - t_migrated:.3f} s "
-                      f"({resumed.get('reconnected', 0)} websocket reconnected, queued cells replayed)")
+                    print(f"    pre-copy round while the client works: {r['pages_scanned']} pages scanned, "
+                          f"{r['pages_sent']} sent, {r['seconds']:.3f} s")
+                print(f"    freeze gate at {at['gate'] - t0:.3f} s: proxy paused the route in "
+                      f"{at['paused'] - at['gate']:.3f} s ({at['drained']} backend websocket closed cleanly; "
+                      "the client's stays open)")
+                print(f"    freeze + dump {ph['dump_seconds']:.3f} s (without the memory), transfer "
+                      f"{ph['transfer_seconds']:.3f} s, restore on h2 {ph['restore_seconds']:.3f} s: "
+                      f"session downtime {report['downtime_seconds']:.3f} s")
+                print(f"    proxy resumed to h2 in {at['resumed'] - at['running']:.3f} s "
+                      f"({at['reconnected']} websocket reconnected, queued cells replayed); "
+                      f"the client's route was paused {at['resumed'] - at['paused']:.3f} s")
+                print(f"    post-copy: {pages['lazy']} pages followed in {ph['postcopy_seconds']:.3f} s, "
+                      f"{pages['postcopy']} sent ({report['bytes']['postcopy'] / 2**20:.1f} MiB, the rest already "
+                      f"on h2 from pre-copy), {pages['faulted']} asked for first by the session")
             time.sleep(1.0)
             loop.stop.set()
             loop.join(130)

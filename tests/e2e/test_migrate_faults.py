@@ -1,7 +1,6 @@
 """Failures of a live migration between two simulated hosts. Each must end with the session
 running on h1, unchanged, and a clear error; where it matters, a second migration then works."""
 
-import json
 import os
 import secrets
 import socket
@@ -294,26 +293,14 @@ def test_the_destination_dying_during_postcopy_resumes_the_session_on_the_source
 
 
 def api_migrate(a1, to, on_event, **fields):
-    """`migrate` over the agent's API, calling `on_event(msg, answer)` for each event line
-    (`answer(obj)` writes a line back: the freeze gate's). Returns the phases seen (the gate as
-    "freeze-gate") and the final reply."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(300)
-        s.connect(a1.socket)
-        f = s.makefile("rwb")
+    """`migrate` over the agent's API; returns the phases seen (the gate as "freeze-gate") and
+    the final reply."""
+    phases = []
 
-        def answer(obj):
-            f.write((json.dumps(obj) + "\n").encode())
-            f.flush()
-        answer({"op": "migrate", "name": "alice", "to": to, **fields})
-        phases = []
-        for line in f:
-            msg = json.loads(line)
-            if "event" not in msg:
-                return phases, msg
-            phases.append(msg["phase"] if msg["event"] == "progress" else msg["event"])
-            on_event(msg, answer)
-    raise AssertionError("the agent closed the connection without a reply")
+    def seen(msg, answer):
+        phases.append(msg["phase"] if msg["event"] == "progress" else msg["event"])
+        on_event(msg, answer)
+    return phases, a1.api({"op": "migrate", "name": "alice", "to": to, **fields}, seen)
 
 
 def gated_migrate(a1, to, gate_answer):

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -105,6 +106,27 @@ class ElsaAgent:
 
     def sessions(self):
         return {s["name"]: s for s in self.json("ps")}
+
+    def api(self, request, on_event=None, timeout=300):
+        """One request over the agent's API socket (JSON lines, engine/include/elsa/engine/api.h):
+        `on_event(event, answer)` sees each event line, `answer(obj)` writes a line back (the
+        freeze gate's go). Returns the final reply: {"ok": true, "result": ...} or an error."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(self.socket)
+            f = s.makefile("rwb")
+
+            def answer(obj):
+                f.write((json.dumps(obj) + "\n").encode())
+                f.flush()
+            answer(request)
+            for line in f:
+                msg = json.loads(line)
+                if "event" not in msg:
+                    return msg
+                if on_event:
+                    on_event(msg, answer)
+        raise RuntimeError(f"the agent closed the connection without a reply to {request.get('op')}")
 
     def run_session(self, name, *command, workdir=None):
         args = ["run", "--name", name]
