@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -198,6 +199,14 @@ c.JupyterHub.services = [
             a.close()
         self._netns.close()
         self.hosts.remove()
+        # The logs go with the other artefacts (screenshots, the timeline); the rest goes.
+        try:
+            for name in os.listdir(self.tmp):
+                if name.endswith(".log"):
+                    shutil.copy(os.path.join(self.tmp, name), artifacts_dir())
+        except OSError:
+            pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     # Clients -------------------------------------------------------------------------------------
     def log(self, name):
