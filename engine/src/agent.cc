@@ -207,8 +207,11 @@ Result<std::pair<SessionInfo, uint64_t>> Agent::ClaimRunning(const std::string& 
 Status Agent::ReserveName(const std::string& name) {
   std::lock_guard lock(mu_);
   Session* s = FindLocked(name);
-  if ((s && s->info.state == "running") || reserved_names_.count(name))
+  if (s && s->info.state == "running")
     return Status::AlreadyExists("a session named '" + name + "' is running on this host");
+  if (reserved_names_.count(name))
+    return Status::AlreadyExists("a session named '" + name + "' is arriving on this host right now (a restore, or "
+                                 "an incoming migration: one whose source went silent ends within --peer-timeout)");
   reserved_names_.insert(name);
   return Status::Ok();
 }

@@ -55,6 +55,8 @@ def test_a_wrong_secret_leaves_the_session_running_where_it_was(hosts, bin_dir, 
             conn = JupyterServer(hosts.address("h1"), server.port, server.token).connect(kernel, session_id="e2e-session")
         assert conn.eval("x + 1") == "42"
         conn.close()
+        a2.close()
+        then_migrate_again(bin_dir, hosts, a1, secret_file, server, kernel)
 
 
 def test_a_restore_failing_on_the_destination_resumes_the_frozen_session(hosts, bin_dir, workdir, secret_file):
@@ -106,6 +108,8 @@ def test_the_destination_dying_during_precopy_leaves_the_session_running(hosts, 
             conn = JupyterServer(hosts.address("h1"), server.port, server.token).connect(kernel, session_id="e2e-session")
         assert conn.eval("x + 1") == "42"
         conn.close()
+        hosts.shape(None)
+        then_migrate_again(bin_dir, hosts, a1, secret_file, server, kernel)
 
 
 def test_the_link_going_down_mid_transfer_leaves_the_session_running(hosts, bin_dir, workdir, secret_file):
@@ -133,6 +137,18 @@ def test_the_link_going_down_mid_transfer_leaves_the_session_running(hosts, bin_
         assert conn.eval("x + 1") == "42"
         conn.close()
         assert "alice" not in a2.sessions()
+        hosts.shape(None)
+        # The link is back, but h2's side of the failed migration still waits on a connection
+        # whose end it never saw: it gives up within its --peer-timeout, then h2 takes it.
+        deadline = time.monotonic() + 60
+        while True:
+            again = a1.cli("--json", "migrate", "alice", "--to", hosts.address("h2"), check=False)
+            if again.returncode == 0 or time.monotonic() > deadline:
+                break
+            assert "arriving on this host" in again.stdout + again.stderr, again.stdout + again.stderr
+            time.sleep(1)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert a2.sessions()["alice"]["state"] == "running"
 
 
 class CorruptingRelay:
@@ -290,6 +306,8 @@ def test_the_destination_dying_during_postcopy_resumes_the_session_on_the_source
             a2.close()
             kill_stray_processes(hosts, "h2")
         assert_running_on_h1(a1, hosts, server, kernel)
+        hosts.shape(None)
+        then_migrate_again(bin_dir, hosts, a1, secret_file, server, kernel)
 
 
 def api_migrate(a1, to, on_event, **fields):
@@ -340,6 +358,8 @@ def test_the_destination_dying_at_a_phase_resumes_the_session_on_the_source(host
             a2.close()
             kill_stray_processes(hosts, "h2")
         assert_running_on_h1(a1, hosts, server, kernel)
+        hosts.shape(None)
+        then_migrate_again(bin_dir, hosts, a1, secret_file, server, kernel)
 
 
 def test_the_freeze_gate_cancels_or_goes_on(hosts, bin_dir, workdir, secret_file):
