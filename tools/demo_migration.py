@@ -11,44 +11,17 @@ import os
 import secrets
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.request
 
 from elsa_agent import ElsaAgent, start_jupyter
 from elsa_hosts import SimulatedHosts
-from elsa_jupyter import JupyterServer
+from elsa_jupyter import CellLoop, JupyterServer
 
 JUPYTER_PORT = 8888
 PROXY_PORT, PROXY_API_PORT = 8000, 8001
 PEER_PORT = 7077
 ROUTE = "/user/bob"
-
-
-class CellLoop(threading.Thread):
-    """Executes `i += 1` every 100 ms on one kernel websocket and checks each result."""
-
-    def __init__(self, conn):
-        super().__init__(daemon=True)
-        self.conn = conn
-        self.stop = threading.Event()
-        self.results, self.errors, self.latencies = [], [], []
-
-    def run(self):
-        expected = int(self.conn.eval("i")) + 1
-        while not self.stop.is_set():
-            started = time.monotonic()
-            try:
-                value = int(self.conn.eval("i += 1; i", timeout=120))
-            except Exception as e:  # noqa: BLE001 - recorded, and the demo fails on it
-                self.errors.append(str(e))
-                return
-            self.latencies.append((started, time.monotonic() - started))
-            if value != expected:
-                self.errors.append(f"cell returned {value}, expected {expected}")
-            self.results.append(value)
-            expected += 1
-            time.sleep(max(0.0, 0.1 - (time.monotonic() - started)))
 
 
 class ProxyOnHost:

@@ -4,41 +4,15 @@ user's kernel websocket (through elsa-proxy, like a browser tab) executes a cell
 import json
 import os
 import re
-import threading
 import time
 
-from hubstack import artifacts_dir, open_kernel
+from hubstack import artifacts_dir, open_kernel  # puts tools/pylib on the path
+from elsa_jupyter import CellLoop  # noqa: E402
 
 # The hub compares the proxy's routes with its own record every last_activity_interval (300 s by
 # default; 1 s in these tests). The test watches them for ROUTE_WATCH_S after the move (the
 # issue's 300 s; ELSA_HUB_ROUTE_WATCH_S=30 for a quick local run).
 ROUTE_WATCH_S = int(os.environ.get("ELSA_HUB_ROUTE_WATCH_S", "300"))
-
-
-class CellLoop(threading.Thread):
-    """Runs `i += 1; i` every 100 ms on one kernel websocket; every reply must be the next i."""
-
-    def __init__(self, kernel):
-        super().__init__(daemon=True)
-        self.kernel = kernel
-        self.stop = threading.Event()
-        self.results, self.errors, self.latencies = [], [], []
-
-    def run(self):
-        expected = int(self.kernel.eval("i")) + 1
-        while not self.stop.is_set():
-            started = time.monotonic()
-            try:
-                value = int(self.kernel.eval("i += 1; i", timeout=120))
-            except Exception as e:  # noqa: BLE001 - recorded; the test fails on it
-                self.errors.append(f"{time.monotonic():.3f}: {e}")
-                return
-            self.latencies.append((started, time.monotonic() - started))
-            if value != expected:
-                self.errors.append(f"cell returned {value}, expected {expected}")
-            self.results.append(value)
-            expected += 1
-            time.sleep(max(0.0, 0.1 - (time.monotonic() - started)))
 
 
 def route_checks(stack):

@@ -1,6 +1,7 @@
 """The package installs by path with Debian's pip, offline, and its pure parts behave."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,8 +15,11 @@ from elsa_jupyterhub.agent import event_bytes, progress_percent  # noqa: E402
 
 def test_installs_by_path_with_pip_offline(tmp_path):
     target = tmp_path / "site"
+    # From a copy: pip builds in the source folder, which is the repository's otherwise.
+    src = tmp_path / "src"
+    shutil.copytree(PKG, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps",
-                        "--no-index", "--target", str(target), PKG], capture_output=True, text=True, timeout=300,
+                        "--no-index", "--target", str(target), str(src)], capture_output=True, text=True, timeout=300,
                        cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (target / "elsa_jupyterhub" / "static" / "admin.html").exists()

@@ -7,6 +7,7 @@ and the REST API with urllib. Errors raise JupyterError with what went wrong.
 
 import json
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -143,3 +144,31 @@ class KernelConnection:
             self.ws.close()
         except (websocket.WebSocketException, OSError):
             pass
+
+
+class CellLoop(threading.Thread):
+    """Runs `i += 1; i` every 100 ms on one kernel connection (the kernel holds `i`), as a user
+    working through a migration would; every reply must be the next i. Records each cell's start
+    and wait (`latencies`), the values (`results`) and what went wrong (`errors`)."""
+
+    def __init__(self, conn):
+        super().__init__(daemon=True)
+        self.conn = conn
+        self.stop = threading.Event()
+        self.results, self.errors, self.latencies = [], [], []
+
+    def run(self):
+        expected = int(self.conn.eval("i")) + 1
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                value = int(self.conn.eval("i += 1; i", timeout=120))
+            except Exception as e:  # noqa: BLE001 - recorded; the caller fails on it
+                self.errors.append(f"{time.monotonic():.3f}: {e}")
+                return
+            self.latencies.append((started, time.monotonic() - started))
+            if value != expected:
+                self.errors.append(f"cell returned {value}, expected {expected}")
+            self.results.append(value)
+            expected += 1
+            time.sleep(max(0.0, 0.1 - (time.monotonic() - started)))

@@ -1,11 +1,9 @@
 """The service's own calls to the hub's REST API (with the token the hub gives a managed service)."""
 
-import asyncio
-import json
 import os
-import urllib.error
 import urllib.parse
-import urllib.request
+
+from .rest import call_json
 
 
 class HubError(RuntimeError):
@@ -20,23 +18,8 @@ class HubClient:
             raise HubError("JUPYTERHUB_API_URL and JUPYTERHUB_API_TOKEN are not set: run elsa-hub-service as a "
                            "JupyterHub service (c.JupyterHub.services), which sets them")
 
-    def _request(self, method, path, body=None):
-        req = urllib.request.Request(self.api_url + path, method=method,
-                                     data=json.dumps(body).encode() if body is not None else None)
-        req.add_header("Authorization", f"token {self.token}")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                text = r.read()
-        except urllib.error.HTTPError as e:
-            if e.code == 404:
-                return None
-            raise HubError(f"hub {method} {path}: HTTP {e.code}: {e.read()[:300]!r}") from None
-        except (urllib.error.URLError, OSError) as e:
-            raise HubError(f"hub API at {self.api_url} unreachable: {e}") from None
-        return json.loads(text) if text else {}
-
     async def call(self, method, path, body=None):
-        return await asyncio.to_thread(self._request, method, path, body)
+        return await call_json(HubError, "hub API", self.api_url, self.token, method, path, body, timeout=30)
 
     async def user(self, name):
         return await self.call("GET", "/users/" + urllib.parse.quote(name, safe=""))
