@@ -163,6 +163,9 @@ Result<MigrateReport> Agent::Migrate(const std::string& name, const MigrateOptio
       manifest.pages_in_store = true;
       manifest.pages = received->pages_present;
       manifest.pages_new = received->pages_new;
+      // CRIU's own measure of stopping the tree. (A lazy dump's statistics are useless: CRIU's
+      // lazy-pages server resets them before they are written.)
+      if (auto stats = page_server::ReadCriuDumpStats(dump_dir); stats.ok()) out.freeze_seconds = stats->freezing_seconds;
     } else {
       // The memory stays in the stopped tree: CRIU writes everything else, says "status-ready"
       // and waits for a lazy-pages client, which we are, asking for nothing.
@@ -199,15 +202,6 @@ Result<MigrateReport> Agent::Migrate(const std::string& name, const MigrateOptio
     }
     if (auto log = ReadFile(dump_dir + "/" + CriuDriver::kDumpLog); log.ok()) lock_table = CriuNetworkLockTable(*log);
     out.dump_seconds = SecondsSince(freeze);
-    // CRIU's own measure of stopping the tree, from its stats image. A lazy dump's is useless:
-    // CRIU's lazy-pages server resets the statistics before writing them.
-    if (!postcopy) {
-      if (auto stats_bytes = ReadFile(dump_dir + "/" + page_server::kCriuDumpStatsFile); stats_bytes.ok()) {
-        auto stats = page_server::ParseCriuDumpStats(
-            std::span(reinterpret_cast<const uint8_t*>(stats_bytes->data()), stats_bytes->size()));
-        if (stats.ok()) out.freeze_seconds = stats->freezing_seconds;
-      }
-    }
     manifest.dump_seconds = dumped->seconds;
 
     std::optional<LazyPlan> plan;

@@ -1,5 +1,6 @@
 #include "elsa/page_server/criu_stats.h"
 
+#include "elsa/file_util.h"
 #include "protobuf_wire.h"
 
 namespace elsa::page_server {
@@ -41,6 +42,11 @@ Result<CriuDumpStats> ParseCriuDumpStats(std::span<const uint8_t> bytes) {
       }))
     return Status::Corruption("stats-dump: malformed dump_stats_entry");
   return stats;
+}
+
+Result<CriuDumpStats> ReadCriuDumpStats(const std::string& dir) {
+  ELSA_ASSIGN_OR_RETURN(std::string bytes, ReadFile(dir + "/" + kCriuDumpStatsFile));
+  return ParseCriuDumpStats(std::span(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
 }
 
 }  // namespace elsa::page_server

@@ -1,6 +1,7 @@
 """Failures of a live migration between two simulated hosts. Each must end with the session
 running on h1, unchanged, and a clear error; where it matters, a second migration then works."""
 
+import contextlib
 import os
 import secrets
 import socket
@@ -41,6 +42,34 @@ def then_migrate_again(bin_dir, hosts, a1, secret_file, server, kernel):
         conn.close()
 
 
+def kill_stray_processes(hosts, host):
+    """Known gap (docs/architecture.md): a tree an agent restored outlives the agent killed
+    under it; its copy has holes and must not run on."""
+    for pid in subprocess.run(["ip", "netns", "pids", hosts.netns(host)], capture_output=True, text=True).stdout.split():
+        try:
+            os.kill(int(pid), 9)
+        except ProcessLookupError:
+            pass
+
+
+@contextlib.contextmanager
+def destination_agent_to_kill(bin_dir, hosts, secret_file):
+    """h2's agent, for a test to kill mid-migration; afterwards it and anything it restored are gone."""
+    a2 = host_agent(bin_dir, hosts, "h2", secret_file).start()
+    try:
+        yield a2
+    finally:
+        a2.close()
+        kill_stray_processes(hosts, "h2")
+
+
+def recovered_on_h1(bin_dir, hosts, a1, secret_file, server, kernel):
+    """The session runs on h1 as before, and moves to a working h2 on an unshaped link."""
+    assert_running_on_h1(a1, hosts, server, kernel)
+    hosts.shape(None)
+    then_migrate_again(bin_dir, hosts, a1, secret_file, server, kernel)
+
+
 def test_a_wrong_secret_leaves_the_session_running_where_it_was(hosts, bin_dir, workdir, secret_file, tmp_path):
     other = tmp_path / "other-secret"
     other.write_text(secrets.token_hex(24))
@@ -75,20 +104,14 @@ def test_the_destination_dying_during_precopy_leaves_the_session_running(hosts, 
     hosts.shape("300mbit")  # pre-copy of a few hundred MiB takes seconds: time to pull the plug
     with host_agent(bin_dir, hosts, "h1", secret_file) as a1:
         server, kernel = run_on_h1(a1, hosts, workdir)
-        a2 = host_agent(bin_dir, hosts, "h2", secret_file).start()
-        try:
-            migration = subprocess.Popen([os.path.join(bin_dir, "elsa"), "--socket", a1.socket, "migrate", "alice",
-                                          "--to", hosts.address("h2")], stderr=subprocess.PIPE, text=True)
+        with destination_agent_to_kill(bin_dir, hosts, secret_file) as a2:
+            migration = migrate_in_background(bin_dir, a1, hosts.address("h2"))
             time.sleep(1.5)
             a2.proc.kill()  # the destination's agent dies mid pre-copy
             _, err = migration.communicate(timeout=120)
             assert migration.returncode != 0
             assert "running here" in err, err
-        finally:
-            a2.close()
-        assert_running_on_h1(a1, hosts, server, kernel)
-        hosts.shape(None)
-        then_migrate_again(bin_dir, hosts, a1, secret_file, server, kernel)
+        recovered_on_h1(bin_dir, hosts, a1, secret_file, server, kernel)
 
 
 def test_the_link_going_down_mid_transfer_leaves_the_session_running(hosts, bin_dir, workdir, secret_file):
@@ -100,8 +123,7 @@ def test_the_link_going_down_mid_transfer_leaves_the_session_running(hosts, bin_
     hosts.shape("300mbit")
     with agent("h1") as a1, agent("h2") as a2:
         server, kernel = run_on_h1(a1, hosts, workdir)
-        migration = subprocess.Popen([os.path.join(bin_dir, "elsa"), "--socket", a1.socket, "migrate", "alice",
-                                      "--to", hosts.address("h2")], stderr=subprocess.PIPE, text=True)
+        migration = migrate_in_background(bin_dir, a1, hosts.address("h2"))
         time.sleep(1.5)
         hosts.set_link("h2", False)  # the cable pulled in the middle of the page transfer
         started = time.monotonic()
@@ -265,8 +287,7 @@ def test_the_destination_dying_during_postcopy_resumes_the_session_on_the_source
     hosts.shape("200mbit")  # the post-copy of 600 MiB takes ~25 s: time to pull the plug
     with host_agent(bin_dir, hosts, "h1", secret_file) as a1:
         server, kernel = run_on_h1(a1, hosts, workdir)
-        a2 = host_agent(bin_dir, hosts, "h2", secret_file).start()
-        try:
+        with destination_agent_to_kill(bin_dir, hosts, secret_file) as a2:
             migration = migrate_in_background(bin_dir, a1, hosts.address("h2"), "--mode", "postcopy")
             deadline = time.monotonic() + 60
             while "alice" not in a2.sessions() and time.monotonic() < deadline:
@@ -277,12 +298,7 @@ def test_the_destination_dying_during_postcopy_resumes_the_session_on_the_source
             _, err = migration.communicate(timeout=120)
             assert migration.returncode != 0
             assert "running here" in err, err
-        finally:
-            a2.close()
-            kill_stray_processes(hosts, "h2")
-        assert_running_on_h1(a1, hosts, server, kernel)
-        hosts.shape(None)
-        then_migrate_again(bin_dir, hosts, a1, secret_file, server, kernel)
+        recovered_on_h1(bin_dir, hosts, a1, secret_file, server, kernel)
 
 
 def api_migrate(a1, to, on_event, **fields):
@@ -304,16 +320,6 @@ def gated_migrate(a1, to, gate_answer):
     return api_migrate(a1, to, on_event, freeze_gate=True)
 
 
-def kill_stray_processes(hosts, host):
-    """Known gap (docs/architecture.md): a tree an agent restored outlives the agent killed
-    under it; its copy has holes and must not run on."""
-    for pid in subprocess.run(["ip", "netns", "pids", hosts.netns(host)], capture_output=True, text=True).stdout.split():
-        try:
-            os.kill(int(pid), 9)
-        except ProcessLookupError:
-            pass
-
-
 @pytest.mark.parametrize("mode,phase", [("precopy", "transfer"), ("hybrid", "restore")])
 def test_the_destination_dying_at_a_phase_resumes_the_session_on_the_source(hosts, bin_dir, workdir, secret_file,
                                                                             mode, phase):
@@ -321,20 +327,14 @@ def test_the_destination_dying_at_a_phase_resumes_the_session_on_the_source(host
     tree's pages went over) or restoring on B (hybrid): A resumes its frozen tree."""
     with host_agent(bin_dir, hosts, "h1", secret_file) as a1:
         server, kernel = run_on_h1(a1, hosts, workdir)
-        a2 = host_agent(bin_dir, hosts, "h2", secret_file).start()
-        try:
+        with destination_agent_to_kill(bin_dir, hosts, secret_file) as a2:
             def on_event(msg, answer):
                 if msg.get("phase") == phase and a2.proc.poll() is None:
                     a2.proc.kill()
             phases, reply = api_migrate(a1, hosts.address("h2"), on_event, mode=mode)
             assert phase in phases and a2.proc.poll() is not None, phases
             assert not reply["ok"] and "running here" in reply["error"]["message"], reply
-        finally:
-            a2.close()
-            kill_stray_processes(hosts, "h2")
-        assert_running_on_h1(a1, hosts, server, kernel)
-        hosts.shape(None)
-        then_migrate_again(bin_dir, hosts, a1, secret_file, server, kernel)
+        recovered_on_h1(bin_dir, hosts, a1, secret_file, server, kernel)
 
 
 def test_the_freeze_gate_cancels_or_goes_on(hosts, bin_dir, workdir, secret_file):

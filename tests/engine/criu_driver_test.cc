@@ -10,7 +10,6 @@
 #include <thread>
 
 #include "elsa/engine/session_process.h"
-#include "elsa/file_util.h"
 #include "elsa/page_server/criu_stats.h"
 #include "test_util.h"
 
@@ -120,10 +119,7 @@ TEST_F(CriuDriverReal, DumpsAndRestoresAProcessTree) {
   EXPECT_FALSE(events.empty());
   EXPECT_TRUE(std::filesystem::exists(dir / "inventory.img"));
   // CRIU's own timings, which a migration reports as its freeze time.
-  auto stats_bytes = ReadFile(dir / page_server::kCriuDumpStatsFile);
-  ASSERT_TRUE(stats_bytes.ok()) << stats_bytes.status().message();
-  auto stats = page_server::ParseCriuDumpStats(
-      std::span(reinterpret_cast<const uint8_t*>(stats_bytes->data()), stats_bytes->size()));
+  auto stats = page_server::ReadCriuDumpStats(dir.path());
   ASSERT_TRUE(stats.ok()) << stats.status().message();
   EXPECT_GT(stats->freezing_seconds, 0);
   EXPECT_GE(stats->frozen_seconds, stats->freezing_seconds);

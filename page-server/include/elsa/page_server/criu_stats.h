@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 
 #include "elsa/status.h"
 
@@ -24,5 +25,7 @@ struct CriuDumpStats {
 
 // Decodes a stats-dump image (untrusted bytes: a Corruption error, never a crash).
 Result<CriuDumpStats> ParseCriuDumpStats(std::span<const uint8_t> bytes);
+// Reads and decodes `dir`/stats-dump, which CRIU writes into its work directory.
+Result<CriuDumpStats> ReadCriuDumpStats(const std::string& dir);
 
 }  // namespace elsa::page_server
