@@ -218,6 +218,24 @@ def tree_pids(root_pid):
     return out
 
 
+def describe_tree(root_pid):
+    """What each thread of a process tree is doing (state, wait channel, syscall and its
+    arguments): for a test's error message when a session stops answering."""
+    lines = []
+    for pid in tree_pids(root_pid):
+        try:
+            for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+                def read(name, tid=tid):
+                    with open(f"/proc/{pid}/task/{tid}/{name}") as f:
+                        return f.read().strip()
+                state = next((l.split(None, 1)[1] for l in read("status").splitlines() if l.startswith("State:")), "?")
+                lines.append(f"{pid}/{tid} {read('comm')}: {state}, wchan {read('wchan') or '-'}, "
+                             f"syscall {read('syscall')}")
+        except OSError as e:
+            lines.append(f"{pid}: {e}")
+    return "\n".join(lines)
+
+
 def alive(pid):
     """True if pid exists and is not a zombie."""
     try:
