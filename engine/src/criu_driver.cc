@@ -177,8 +177,15 @@ Result<std::string> CriuDriver::Version() const {
   if (!resp.success() || !resp.has_version())
     return Status::ExternalFailure("criu (" + binary_ + ") did not report its version");
   const criu_version& v = resp.version();
-  std::string s = std::to_string(v.major_number()) + "." + std::to_string(v.minor_number());
-  if (v.has_sublevel()) s += "." + std::to_string(v.sublevel());
+  // Appended piece by piece: GCC 12 at -O3 reports a false -Wrestrict inside
+  // `std::to_string(..) + "." + ...` (a known libstdc++ diagnostic bug, GCC PR 105329).
+  std::string s = std::to_string(v.major_number());
+  s += '.';
+  s += std::to_string(v.minor_number());
+  if (v.has_sublevel()) {
+    s += '.';
+    s += std::to_string(v.sublevel());
+  }
   return s;
 }
 

@@ -36,7 +36,10 @@ std::string HumanDuration(double s) {
 
 std::string Joined(const json& arr) {
   std::string out;
-  for (const auto& a : arr) out += (out.empty() ? "" : " ") + a.get<std::string>();
+  for (const auto& a : arr) {
+    if (!out.empty()) out += ' ';
+    out += a.get<std::string>();
+  }
   return out;
 }
 

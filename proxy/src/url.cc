@@ -209,7 +209,14 @@ std::optional<std::string> QueryValue(std::string_view query, std::string_view k
 }
 
 std::string TargetUrl::HostHeader() const {
-  std::string h = host.find(':') != std::string::npos ? "[" + host + "]" : host;
+  std::string h;
+  if (host.find(':') != std::string::npos) {  // an IPv6 literal
+    h += '[';
+    h += host;
+    h += ']';
+  } else {
+    h = host;
+  }
   bool default_port = (scheme == "http" && port == 80) || (scheme == "https" && port == 443);
   if (!default_port) h += ":" + std::to_string(port);
   return h;
@@ -270,7 +277,9 @@ Result<TargetUrl> ParseTargetUrl(std::string_view url) {
   }
   size_t hash = path.find('#');
   if (hash != std::string_view::npos) path = path.substr(0, hash);
-  t.path = path.empty() || path[0] != '/' ? "/" + std::string(path) : std::string(path);
+  t.path.clear();
+  if (path.empty() || path[0] != '/') t.path += '/';
+  t.path += path;
   return t;
 }
 
@@ -290,7 +299,7 @@ std::string JoinForwardPath(std::string_view target_path, std::string_view path_
   }
   for (std::string_view scheme : {std::string_view("http:/"), std::string_view("https:/")}) {
     size_t at = collapsed.find(scheme);
-    if (at != std::string::npos) collapsed.insert(at + scheme.size(), "/");
+    if (at != std::string::npos) collapsed.insert(at + scheme.size(), 1, '/');
   }
   if (collapsed.empty() || collapsed[0] != '/') collapsed.insert(collapsed.begin(), '/');
   if (q != std::string_view::npos) collapsed.append(path_and_query.substr(q));

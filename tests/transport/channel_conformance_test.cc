@@ -121,12 +121,12 @@ TEST_P(Conformance, SixtyFourStreams) {
   MakePair(GetParam(), TestOptions(64), &p);
   ASSERT_EQ(p.client->streams(), 64);
   ASSERT_EQ(p.server->streams(), 64);
-  for (int i = 0; i < 64; ++i) ASSERT_TRUE(p.client->Send(Bytes("s" + std::to_string(i)), i).ok());
+  for (int i = 0; i < 64; ++i) ASSERT_TRUE(p.client->Send(Bytes(std::string("s") + std::to_string(i)), i).ok());
   std::set<int> seen;
   for (int i = 0; i < 64; ++i) {
     auto m = p.server->Receive(5s);
     ASSERT_TRUE(m.ok()) << m.status().message();
-    EXPECT_EQ(Text(m->data), "s" + std::to_string(m->stream));
+    EXPECT_EQ(Text(m->data), std::string("s") + std::to_string(m->stream));
     seen.insert(m->stream);
   }
   EXPECT_EQ(seen.size(), 64u);
@@ -146,9 +146,9 @@ TEST_P(Conformance, BothSidesTalkAtOnce) {
   ChannelPair p;
   MakePair(GetParam(), TestOptions(2), &p);
   std::thread a([&] {
-    for (int i = 0; i < 300; ++i) ASSERT_TRUE(p.client->Send(Bytes("c" + std::to_string(i))).ok());
+    for (int i = 0; i < 300; ++i) ASSERT_TRUE(p.client->Send(Bytes(std::string("c") + std::to_string(i))).ok());
   });
-  for (int i = 0; i < 300; ++i) ASSERT_TRUE(p.server->Send(Bytes("s" + std::to_string(i))).ok());
+  for (int i = 0; i < 300; ++i) ASSERT_TRUE(p.server->Send(Bytes(std::string("s") + std::to_string(i))).ok());
   a.join();
   for (int i = 0; i < 300; ++i) {
     ASSERT_EQ(Text(p.server->Receive(5s)->data)[0], 'c');
