@@ -209,16 +209,12 @@ std::optional<std::string> QueryValue(std::string_view query, std::string_view k
 }
 
 std::string TargetUrl::HostHeader() const {
-  std::string h;
-  if (host.find(':') != std::string::npos) {  // an IPv6 literal
-    h += '[';
-    h += host;
-    h += ']';
-  } else {
-    h = host;
-  }
+  std::string h = host.find(':') != std::string::npos ? "[" + host + "]" : host;
   bool default_port = (scheme == "http" && port == 80) || (scheme == "https" && port == 443);
-  if (!default_port) h += ":" + std::to_string(port);
+  if (!default_port) {  // two appends: `":" + std::to_string()` trips GCC 12's false -Wrestrict
+    h += ':';
+    h += std::to_string(port);
+  }
   return h;
 }
 
