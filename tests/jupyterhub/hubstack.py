@@ -14,10 +14,7 @@ import sys
 import tempfile
 import time
 
-import uuid
-
 import requests
-import websocket
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tools", "pylib"))
@@ -25,7 +22,7 @@ PKG = os.path.join(REPO, "tools", "jupyterhub")
 
 from elsa_agent import ElsaAgent, tree_pids  # noqa: E402
 from elsa_hosts import SimulatedHosts  # noqa: E402
-from elsa_jupyter import KernelConnection  # noqa: E402
+import elsa_hub  # noqa: E402
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PROXY_PORT, PROXY_API_PORT, HUB_PORT, SERVICE_PORT = 8000, 8001, 8081, 10101
@@ -268,44 +265,10 @@ c.JupyterHub.services = [
 
     def login(self, user):
         """A browser-like session: logged in to the hub (cookies), through the proxy."""
-        s = requests.Session()
-        s.get(self.base + "/hub/login", timeout=30)
-        r = s.post(self.base + "/hub/login", data={"username": user, "password": "pw",
-                                                   "_xsrf": s.cookies.get("_xsrf", "")},
-                   allow_redirects=False, timeout=30)
-        assert r.status_code == 302, f"login of {user} failed: {r.status_code}"
-        return s
-
-
-class BrowserKernel(KernelConnection):
-    """A kernel websocket opened the way a browser does: through the proxy, with the hub's
-    cookies (the single-user server's OAuth done first)."""
-
-    def __init__(self, base, cookies, user, kernel_id, session_id):
-        self.kernel_id, self.session_id = kernel_id, session_id
-        cookie = "; ".join(f"{c.name}={c.value}" for c in cookies)
-        self.ws = websocket.create_connection(
-            base.replace("http", "ws") + f"/user/{user}/api/kernels/{kernel_id}/channels?session_id={session_id}",
-            header=[f"Cookie: {cookie}"], timeout=60)
+        return elsa_hub.login(self.base, user)
 
 
 def open_kernel(stack, browser, user, kernel_id=None, timeout=90):
     """Authenticates `browser` with the user's server (OAuth through the hub), starts a kernel
-    unless one is given, and opens its websocket."""
-    base = stack.base
-    deadline = time.monotonic() + timeout
-    while True:
-        # An authenticated page (not /api, which answers 403) runs the OAuth dance with the hub.
-        browser.get(base + f"/user/{user}/files/probe", timeout=30)
-        r = browser.get(base + f"/user/{user}/api/status", timeout=30)
-        if r.status_code == 200 and r.headers.get("content-type", "").startswith("application/json"):
-            break
-        assert time.monotonic() < deadline, f"{user}'s server never answered through the proxy: {r.status_code}"
-        time.sleep(0.5)
-    if kernel_id is None:
-        xsrf = browser.cookies.get("_xsrf", path=f"/user/{user}/") or browser.cookies.get("_xsrf", "")
-        r = browser.post(base + f"/user/{user}/api/kernels", json={"name": "python3"},
-                         headers={"X-XSRFToken": xsrf, "Referer": base + f"/user/{user}/"}, timeout=60)
-        assert r.status_code == 201, f"{r.status_code} {r.text[:300]}"
-        kernel_id = r.json()["id"]
-    return BrowserKernel(base, browser.cookies, user, kernel_id, uuid.uuid4().hex)
+    unless one is given, and opens its websocket (tools/pylib/elsa_hub.py)."""
+    return elsa_hub.open_kernel(stack.base, browser, user, kernel_id=kernel_id, timeout=timeout)

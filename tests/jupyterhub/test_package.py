@@ -14,20 +14,33 @@ from elsa_jupyterhub.agent import event_bytes, progress_percent  # noqa: E402
 
 
 def test_installs_by_path_with_pip_offline(tmp_path):
-    target = tmp_path / "site"
+    """As the README installs it: into a venv that sees Debian's packages (Debian's pip refuses
+    system installs, PEP 668), offline; the hub's Python then finds the `elsa` spawner."""
+    venv = tmp_path / "elsa-hub"
     # From a copy: pip builds in the source folder, which is the repository's otherwise.
     src = tmp_path / "src"
     shutil.copytree(PKG, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps",
-                        "--no-index", "--target", str(target), str(src)], capture_output=True, text=True, timeout=300,
-                       cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert (target / "elsa_jupyterhub" / "static" / "admin.html").exists()
-    entry = next(target.glob("elsa_jupyterhub-*.dist-info")) / "entry_points.txt"
+    env = dict(os.environ, PATH="/usr/sbin:/usr/bin:/sbin:/bin")
+    env.pop("PYTHONPATH", None)
+    for cmd in (["/usr/bin/python3", "-m", "venv", "--system-site-packages", str(venv)],
+                [str(venv / "bin" / "pip"), "install", "-q", "--no-build-isolation", "--no-deps", "--no-index",
+                 str(src)]):
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+        assert r.returncode == 0, f"{' '.join(cmd)}: {r.stderr}"
+    (site,) = venv.glob("lib/python3*/site-packages")
+    assert (site / "elsa_jupyterhub" / "static" / "admin.html").exists()
+    entry = next(site.glob("elsa_jupyterhub-*.dist-info")) / "entry_points.txt"
     assert "elsa = elsa_jupyterhub.spawner:ElsaSpawner" in entry.read_text()
-    r = subprocess.run([str(target / "bin" / "elsa-hub-service"), "--help"], capture_output=True, text=True,
-                       env=dict(os.environ, PYTHONPATH=str(target)), timeout=60)
+    r = subprocess.run([str(venv / "bin" / "elsa-hub-service"), "--help"], capture_output=True, text=True,
+                       env=env, timeout=60)
     assert r.returncode == 0 and "--checkpoint-after" in r.stdout, r.stderr
+    # The hub as the README runs it (the venv's Python, Debian's jupyterhub) resolves "elsa".
+    r = subprocess.run([str(venv / "bin" / "python3"), "-c",
+                        "import jupyterhub, jupyterhub.app as a; app = a.JupyterHub(); app.spawner_class = 'elsa'; "
+                        "print(jupyterhub.__file__, app.spawner_class.__module__)"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["/usr/lib/python3/dist-packages/jupyterhub/__init__.py", "elsa_jupyterhub.spawner"]
 
 
 def test_session_names_are_reversible_and_valid_for_elsad():

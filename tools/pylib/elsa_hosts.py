@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import ipaddress
 import os
+import re
 import signal
 import subprocess
 
@@ -105,6 +106,25 @@ class SimulatedHosts:
         finally:
             os.close(target)
             os.close(own)
+
+    @classmethod
+    def discover(cls, prefix="elsa"):
+        """The hosts `PREFIX-h1..hN` made earlier (by `tools/hosts up`, another process): their
+        count from the namespaces' names, their subnet and link rate from h1's eth0. None when
+        there are none."""
+        found = sorted(int(m.group(1)) for ns in _namespaces()
+                       if (m := re.fullmatch(re.escape(prefix) + r"-h(\d+)", ns)))
+        if not found:
+            return None
+        subnet = 0
+        addr = _run(["ip", "-n", f"{prefix}-h1", "-4", "-o", "addr", "show", "dev", "eth0"], check=False).stdout
+        if m := re.search(r"inet 10\.213\.(\d+)\.\d+/", addr):
+            subnet = int(m.group(1))
+        hosts = cls(max(found), prefix=prefix, subnet=subnet)
+        qdisc = _run(["ip", "netns", "exec", f"{prefix}-h1", "tc", "qdisc", "show", "dev", "eth0"], check=False).stdout
+        if m := re.search(r"\btbf\b.*?\brate (\S+)", qdisc):
+            hosts.rate = m.group(1).lower()
+        return hosts
 
     # Life cycle ----------------------------------------------------------------------------------
     def exists(self):

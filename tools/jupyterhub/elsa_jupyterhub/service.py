@@ -338,7 +338,10 @@ def main(argv=None):
                             lambda: rightsize_round(ops))
     if idle:
         loop.spawn_callback(every, max(1.0, idle / 4), "idle checkpointing", lambda: checkpoint_idle_round(ops, idle))
-    loop.start()
+    try:
+        loop.start()
+    except KeyboardInterrupt:  # the hub ends its services with SIGINT
+        log.info("stopped")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """ElsaSpawner: each user's single-user server is an elsad session on one of the configured hosts.
 
-- start(): restores the user's newest checkpoint (or the one picked), else starts fresh; on the
-  host asked for (by name or size) or the least loaded one. A checkpoint lives in its host's
-  store, so it is restored there, then moved live to the host asked for.
+- start(): restores the user's newest checkpoint (or the one picked), else starts fresh (the
+  classic notebook UI by default, see singleuser_app); on the host asked for (by name or size)
+  or the least loaded one. A checkpoint lives in its host's store, so it is restored there,
+  then moved live to the host asked for.
 - stop(): checkpoints the session (which ends it and frees the host); will_resume then tells the
   hub to keep the server's API token and OAuth client, which the restored process still holds.
 - poll(): running while any agent runs the session, or while a migration of it is in flight; a
@@ -30,6 +31,13 @@ class ElsaSpawner(Spawner):
     lazy_restore = Bool(False, help="Restore lazily: the server runs before its memory is all in").tag(config=True)
     poll_interval = Integer(10, help="Seconds between polls (the base Spawner's 30 s is slow to notice a move)").tag(
         config=True)
+    singleuser_app = Unicode(
+        "notebook.notebookapp.NotebookApp",
+        help="JUPYTERHUB_SINGLEUSER_APP for users' servers: the application jupyterhub-singleuser wraps. "
+             "The default is the classic notebook UI (Debian's python3-notebook): without it, Debian's "
+             "jupyterhub-singleuser 3.0 starts a bare jupyter-server, which has no UI (/user/NAME/tree is a 404). "
+             "'' leaves it to the hub's environment. Spawner.environment['JUPYTERHUB_SINGLEUSER_APP'] wins over it."
+    ).tag(config=True)
 
     # Where the server runs (or its checkpoint lives), kept across hub restarts by get_state().
     host = Unicode("")
@@ -211,6 +219,8 @@ class ElsaSpawner(Spawner):
             home = self.cfg.home_for(self.user.name)
             os.makedirs(home, mode=0o700, exist_ok=True)
             env = self.get_env()
+            if self.singleuser_app and "JUPYTERHUB_SINGLEUSER_APP" not in self.environment:
+                env["JUPYTERHUB_SINGLEUSER_APP"] = self.singleuser_app
             # Its own HOME: IPython appends to $HOME/.ipython/.../history.sqlite, and CRIU will not
             # restore a kernel whose open file changed size since the dump.
             env.update(HOME=home, PATH=env.get("PATH") or "/usr/local/bin:/usr/bin:/bin")
