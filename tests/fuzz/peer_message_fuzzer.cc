@@ -5,7 +5,7 @@
 #include <span>
 #include <variant>
 
-#include "peer_protocol.h"
+#include "migrate/protocol.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace elsa::peer;

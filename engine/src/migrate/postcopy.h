@@ -29,7 +29,7 @@
 #include "elsa/page_server/page_store.h"
 #include "elsa/status.h"
 #include "elsa/transport/transport.h"
-#include "peer_protocol.h"
+#include "migrate/protocol.h"
 
 namespace elsa {
 

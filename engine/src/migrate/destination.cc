@@ -9,13 +9,13 @@
 #include <cstdio>
 #include <sstream>
 
-#include "agent_progress.h"
-#include "checkpoint_pages.h"
+#include "agent/agent_progress.h"
+#include "store/checkpoint_pages.h"
 #include "elsa/engine/agent.h"
 #include "elsa/file_util.h"
-#include "migration.h"
-#include "peer_protocol.h"
-#include "postcopy.h"
+#include "migrate/channel_io.h"
+#include "migrate/protocol.h"
+#include "migrate/postcopy.h"
 
 namespace elsa {
 namespace {

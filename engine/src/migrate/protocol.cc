@@ -1,4 +1,4 @@
-#include "peer_protocol.h"
+#include "migrate/protocol.h"
 
 #include <cstring>
 #include <set>

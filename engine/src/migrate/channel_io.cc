@@ -1,4 +1,4 @@
-#include "migration.h"
+#include "migrate/channel_io.h"
 
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -15,7 +15,7 @@
 
 #include "elsa/engine/criu_driver.h"
 #include "elsa/fd_io.h"
-#include "tree_memory.h"
+#include "session/tree_memory.h"
 
 namespace elsa {
 

@@ -5,8 +5,8 @@
 #include <algorithm>
 
 #include "elsa/file_util.h"
-#include "migration.h"
-#include "postcopy.h"
+#include "migrate/channel_io.h"
+#include "migrate/postcopy.h"
 
 namespace elsa {
 namespace {

@@ -8,8 +8,8 @@
 #include <cstdio>
 #include <ctime>
 
-#include "agent_progress.h"
-#include "checkpoint_pages.h"
+#include "agent/agent_progress.h"
+#include "store/checkpoint_pages.h"
 #include "elsa/engine/session_process.h"
 #include "elsa/file_util.h"
 

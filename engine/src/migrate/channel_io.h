@@ -21,7 +21,7 @@
 #include "elsa/status.h"
 #include "elsa/transport/transport.h"
 #include "elsa/unique_fd.h"
-#include "peer_protocol.h"
+#include "migrate/protocol.h"
 
 namespace elsa {
 

@@ -3,7 +3,7 @@
 #include <chrono>
 #include <cstdio>
 
-#include "peer_protocol.h"
+#include "migrate/protocol.h"
 
 namespace elsa {
 

@@ -15,7 +15,7 @@
 #include <sstream>
 #include <thread>
 
-#include "criu_options.h"
+#include "criu/criu_options.h"
 #include "elsa/child_process.h"
 #include "elsa/file_util.h"
 #include "elsa/unique_fd.h"

@@ -3,10 +3,10 @@
 #include <algorithm>
 #include <filesystem>
 
-#include "checkpoint_pages.h"
+#include "store/checkpoint_pages.h"
 #include "elsa/file_util.h"
 #include "elsa/page_server/protocol.h"
-#include "postcopy.h"
+#include "migrate/postcopy.h"
 
 namespace elsa {
 namespace {

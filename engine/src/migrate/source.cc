@@ -13,16 +13,16 @@
 #include <cstdio>
 #include <future>
 
-#include "agent_progress.h"
-#include "checkpoint_pages.h"
+#include "agent/agent_progress.h"
+#include "store/checkpoint_pages.h"
 #include "elsa/engine/agent.h"
 #include "elsa/engine/session_process.h"
 #include "elsa/file_util.h"
 #include "elsa/page_server/criu_stats.h"
-#include "migration.h"
-#include "peer_protocol.h"
-#include "postcopy.h"
-#include "tree_memory.h"
+#include "migrate/channel_io.h"
+#include "migrate/protocol.h"
+#include "migrate/postcopy.h"
+#include "session/tree_memory.h"
 
 namespace elsa {
 namespace {

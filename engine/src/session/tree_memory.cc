@@ -1,4 +1,4 @@
-#include "tree_memory.h"
+#include "session/tree_memory.h"
 
 #include <fcntl.h>
 #include <sys/uio.h>

@@ -1,4 +1,4 @@
-#include "checkpoint_pages.h"
+#include "store/checkpoint_pages.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
