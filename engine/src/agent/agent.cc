@@ -8,17 +8,78 @@
 #include <cstdio>
 #include <ctime>
 
-#include "agent/agent_progress.h"
-#include "store/checkpoint_pages.h"
 #include "elsa/engine/session_process.h"
 #include "elsa/file_util.h"
+#include "elsa/stopwatch.h"
+#include "migrate/destination.h"
+#include "migrate/host.h"
+#include "migrate/source.h"
+#include "store/checkpoint_pages.h"
 
 namespace elsa {
 namespace {
 
-using Clock = AgentClock;
+using Clock = std::chrono::steady_clock;
 
 }  // namespace
+
+std::string_view SessionStateName(SessionState state) {
+  switch (state) {
+    case SessionState::kRunning: return "running";
+    case SessionState::kCheckpointed: return "checkpointed";
+    case SessionState::kExited: return "exited";
+  }
+  return "?";
+}
+
+// What a migration's steps may use of the agent (migrate/host.h), and nothing else.
+class Agent::Host final : public MigrationHost {
+ public:
+  explicit Host(Agent& agent) : agent_(agent) {}
+
+  const AgentConfig& config() const override { return agent_.config_; }
+  const Logger& log() const override { return agent_.config_.log; }
+  Result<CriuDriver> Criu() const override {
+    ELSA_ASSIGN_OR_RETURN(std::string binary, agent_.CriuBinary());
+    return CriuDriver(std::move(binary));
+  }
+  CheckpointStore& store() override { return agent_.store_; }
+  CheckpointPages& pages() override { return *agent_.pages_; }
+
+  Result<SessionInfo> ClaimRunning(const std::string& name, uint64_t* serial) override {
+    ELSA_ASSIGN_OR_RETURN(auto claimed, agent_.ClaimRunning(name));
+    *serial = claimed.second;
+    return claimed.first;
+  }
+  void Unclaim(uint64_t serial) override { agent_.ClearBusy(serial); }
+  void ForgetAfterExit(uint64_t serial, int timeout_s) override { agent_.ForgetAfterExit(serial, timeout_s); }
+  Result<CriuOutcome> SerializedDump(const CriuDriver& criu, const CriuDumpRequest& request, const ProgressFn& progress,
+                                     const CriuNotifyFn& on_event) override {
+    return agent_.SerializedDump(criu, request, progress, on_event);
+  }
+  Manifest ManifestFor(const SessionInfo& info, const std::string& criu_version) const override {
+    return Agent::ManifestFor(info, criu_version);
+  }
+
+  Status ReserveName(const std::string& name) override { return agent_.ReserveName(name); }
+  void ReleaseName(const std::string& name) override { agent_.ReleaseName(name); }
+  Result<RestoreReport> RestoreReserved(const std::string& checkpoint_id, const RestoreOptions& options,
+                                        const ProgressFn& progress) override {
+    ELSA_ASSIGN_OR_RETURN(Manifest manifest, agent_.store_.Load(checkpoint_id));
+    const std::string name = options.name.empty() ? manifest.session_name : options.name;
+    return agent_.RestoreReserved(checkpoint_id, name, manifest, options.lazy, progress);
+  }
+  Result<SessionInfo> RestoreAndAdopt(SessionInfo info, const std::vector<std::string>& output_pipes,
+                                      const std::string& images_dir, const std::string& staging,
+                                      std::unique_ptr<LazyPageSupply> supply, CriuOutcome* outcome) override {
+    return agent_.RestoreAndAdopt(std::move(info), output_pipes, images_dir, staging, std::move(supply), nullptr,
+                                  outcome);
+  }
+  Status Stop(const std::string& name, int timeout_s) override { return agent_.Stop(name, timeout_s); }
+
+ private:
+  Agent& agent_;
+};
 
 struct Agent::Session {
   uint64_t serial = 0;
@@ -30,12 +91,12 @@ struct Agent::Session {
 };
 
 Agent::Agent(AgentConfig config)
-    : config_(std::move(config)), store_(config_.state_dir + "/checkpoints") {}
+    : config_(std::move(config)), store_(config_.state_dir + "/checkpoints"), host_(std::make_unique<Host>(*this)) {}
 
 Agent::~Agent() {
   // Lazily restored sessions get all their pages before the agent goes: cutting them off would
   // leave holes in their memory.
-  for (auto& t : paging_threads_) t.join();
+  paging_threads_.JoinAll();
   // Supervisors are stopped outside the lock: their exit callbacks take it.
   std::map<std::string, std::unique_ptr<Session>> sessions;
   {
@@ -67,7 +128,7 @@ Agent::Session* Agent::FindLocked(const std::string& name) {
 
 SessionInfo Agent::Describe(const Session& s) const {
   SessionInfo info = s.info;
-  if (info.state == "running") {
+  if (info.state == SessionState::kRunning) {
     info.uptime_seconds = SecondsSince(s.started);
     TreeStats stats = ProcessTreeStats(info.pid);
     info.processes = stats.processes;
@@ -81,7 +142,7 @@ Result<SessionInfo> Agent::AdoptLocked(SessionInfo info, UniqueFd output_read_en
   auto session = std::make_unique<Session>();
   session->serial = next_serial_++;
   const uint64_t serial = session->serial;
-  info.state = "running";
+  info.state = SessionState::kRunning;
   info.log_path = LogPathFor(info.name);
   session->info = info;
   auto supervisor = SessionSupervisor::Start(
@@ -109,7 +170,7 @@ Result<SessionInfo> Agent::Run(const RunRequest& request) {
   Result<SessionInfo> result = Status::Internal("unreachable");
   {
     std::lock_guard lock(mu_);
-    if (Session* s = FindLocked(request.name); (s && s->info.state == "running") || reserved_names_.count(request.name))
+    if (Session* s = FindLocked(request.name); (s && s->info.state == SessionState::kRunning) || reserved_names_.count(request.name))
       return Status::AlreadyExists("a session named '" + request.name + "' is already running");
     ELSA_ASSIGN_OR_RETURN(OutputPipe pipe, OutputPipe::Create());
     SpawnSpec spec{request.argv, request.env, request.workdir.empty() ? "/" : request.workdir};
@@ -148,10 +209,11 @@ void Agent::OnExit(uint64_t serial, int exit_code, int signal) {
     s->reaped = true;
     s->info.exit_code = exit_code;
     s->info.exit_signal = signal;
-    if (s->info.state == "running") {
-      s->info.state = "exited";
-      std::fprintf(stderr, "elsad: session %s (pid %d) exited (%s %d)\n", name.c_str(), s->info.pid,
-                   signal ? "signal" : "code", signal ? signal : exit_code);
+    if (s->info.state == SessionState::kRunning) {
+      s->info.state = SessionState::kExited;
+      config_.log.With("session", name)
+          .Info("exited (pid " + std::to_string(s->info.pid) + ", " + (signal ? "signal " : "code ") +
+                std::to_string(signal ? signal : exit_code) + ")");
     }
   }
   exited_cv_.notify_all();
@@ -197,8 +259,9 @@ Result<std::pair<SessionInfo, uint64_t>> Agent::ClaimRunning(const std::string& 
   std::lock_guard lock(mu_);
   Session* s = FindLocked(name);
   if (!s) return Status::NotFound("no session named '" + name + "' (`elsa ps` lists sessions)");
-  if (s->info.state != "running")
-    return Status::FailedPrecondition("session '" + name + "' is " + s->info.state + ", not running");
+  if (s->info.state != SessionState::kRunning)
+    return Status::FailedPrecondition("session '" + name + "' is " + std::string(SessionStateName(s->info.state)) +
+                                      ", not running");
   if (s->busy) return Status::FailedPrecondition("session '" + name + "' is busy (a checkpoint or migration)");
   s->busy = true;
   return std::make_pair(s->info, s->serial);
@@ -207,7 +270,7 @@ Result<std::pair<SessionInfo, uint64_t>> Agent::ClaimRunning(const std::string& 
 Status Agent::ReserveName(const std::string& name) {
   std::lock_guard lock(mu_);
   Session* s = FindLocked(name);
-  if (s && s->info.state == "running")
+  if (s && s->info.state == SessionState::kRunning)
     return Status::AlreadyExists("a session named '" + name + "' is running on this host");
   if (reserved_names_.count(name))
     return Status::AlreadyExists("a session named '" + name + "' is arriving on this host right now (a restore, or "
@@ -230,7 +293,7 @@ void Agent::ClearBusy(uint64_t serial) {
 void Agent::ForgetAfterExit(uint64_t serial, int timeout_s) {
   std::unique_ptr<Session> forgotten;  // destroyed outside the lock: its supervisor takes it
   std::unique_lock lock(mu_);
-  if (!WaitForExit(lock, serial, timeout_s)) std::fprintf(stderr, "elsad: a migrated tree was not reaped in time\n");
+  if (!WaitForExit(lock, serial, timeout_s)) config_.log.Warning("a migrated tree was not reaped in time");
   for (auto it = sessions_.begin(); it != sessions_.end(); ++it)
     if (it->second->serial == serial) {
       forgotten = std::move(it->second);
@@ -255,7 +318,7 @@ Manifest Agent::ManifestFor(const SessionInfo& info, const std::string& criu_ver
   return manifest;
 }
 
-Result<CriuOutcome> Agent::SerializedDump(CriuDriver& criu, const CriuDumpRequest& request,
+Result<CriuOutcome> Agent::SerializedDump(const CriuDriver& criu, const CriuDumpRequest& request,
                                           const ProgressFn& progress, const CriuNotifyFn& on_event) {
   // One CRIU dump at a time: CRIU's parasite mounts /proc at `proc.crtools` in each dumped
   // task's working directory, so two dumps of tasks sharing a directory fail with EEXIST.
@@ -303,18 +366,15 @@ Result<CheckpointReport> Agent::Checkpoint(const std::string& name, bool leave_r
     out.dump_seconds = outcome.seconds;
     out.criu_events = outcome.notifications;
     manifest.dump_seconds = outcome.seconds;
-    if (!leave_running) {
-      auto log = ReadFile(pending.dir() + "/" + CriuDriver::kDumpLog);
-      if (log.ok()) manifest.network_lock_table = CriuNetworkLockTable(*log);
-    }
+    if (!leave_running) manifest.network_lock_table = CriuNetworkLockTableOf(pending.dir());
 
     if (!leave_running) {
       // CRIU has killed the tree; wait until it is reaped so "gone" means gone.
       std::unique_lock lock(mu_);
       for (auto& [n, s] : sessions_)
-        if (s->serial == serial) s->info.state = "checkpointed";
+        if (s->serial == serial) s->info.state = SessionState::kCheckpointed;
       if (!WaitForExit(lock, serial, 10))
-        std::fprintf(stderr, "elsad: session %s not reaped 10 s after its dump\n", name.c_str());
+        config_.log.With("session", name).Warning("not reaped 10 s after its dump");
     }
 
     Report(progress, "commit", "checksumming and syncing the images");
@@ -322,7 +382,7 @@ Result<CheckpointReport> Agent::Checkpoint(const std::string& name, bool leave_r
     if (Status synced = pages_->Sync(); !synced.ok()) {
       if (leave_running) return synced;
       // The session is gone and these images are all that is left of it: keep them regardless.
-      std::fprintf(stderr, "elsad: checkpoint of %s: %s\n", name.c_str(), synced.ToString().c_str());
+      config_.log.With("session", name).With("op", "checkpoint").Error(synced.ToString());
     }
     ELSA_ASSIGN_OR_RETURN(out.manifest, pending.Commit(std::move(manifest), /*keep_on_failure=*/!leave_running));
     out.commit_seconds = SecondsSince(commit_start);
@@ -341,20 +401,25 @@ Result<CheckpointReport> Agent::Checkpoint(const std::string& name, bool leave_r
 
 Result<RestoreReport> Agent::Restore(const std::string& checkpoint_id, const RestoreOptions& options,
                                      const ProgressFn& progress) {
-  const auto start = Clock::now();
   ELSA_ASSIGN_OR_RETURN(Manifest manifest, store_.Load(checkpoint_id));
   const std::string name = options.name.empty() ? manifest.session_name : options.name;
   ELSA_RETURN_IF_ERROR(ValidateIdentifier("session name", name));
-  if (options.lazy && !manifest.pages_in_store)
+  ELSA_ASSIGN_OR_RETURN(NameReservation reserved,
+                        NameReservation::Take(*host_, name).WithContext("restore under another name with --name"));
+  return RestoreReserved(checkpoint_id, name, manifest, options.lazy, progress);
+}
+
+Result<RestoreReport> Agent::RestoreReserved(const std::string& checkpoint_id, const std::string& name,
+                                             const Manifest& manifest, bool lazy, const ProgressFn& progress) {
+  const auto start = Clock::now();
+  ELSA_RETURN_IF_ERROR(ValidateIdentifier("session name", name));
+  if (lazy && !manifest.pages_in_store)
     return Status::InvalidArgument("checkpoint " + checkpoint_id +
                                    " predates the page store (its pages are files); restore it without --lazy");
-  ELSA_RETURN_IF_ERROR(ReserveName(name).WithContext("restore under another name with --name"));
-  auto release_name = [&] { ReleaseName(name); };
-
   auto report = [&]() -> Result<RestoreReport> {
     RestoreReport out;
     out.checkpoint_id = checkpoint_id;
-    out.lazy = options.lazy;
+    out.lazy = lazy;
     const std::string checkpoint_dir = store_.PathOf(checkpoint_id);
     Report(progress, "verify", "checking " + std::to_string(manifest.files.size()) + " files (" +
                                    std::to_string(manifest.TotalBytes()) + " bytes) against the manifest");
@@ -362,7 +427,7 @@ Result<RestoreReport> Agent::Restore(const std::string& checkpoint_id, const Res
     ELSA_RETURN_IF_ERROR(store_.Verify(manifest));
     // An eager restore reads and checks every page as it writes the images; a lazy one checks
     // each page as it serves it, so here only that every page is there.
-    if (manifest.pages_in_store && options.lazy) ELSA_RETURN_IF_ERROR(pages_->VerifyPages(checkpoint_dir, false));
+    if (manifest.pages_in_store && lazy) ELSA_RETURN_IF_ERROR(pages_->VerifyPages(checkpoint_dir, false));
     out.verify_seconds = SecondsSince(verify_start);
 
     ELSA_ASSIGN_OR_RETURN(std::string criu_binary, CriuBinary());
@@ -370,32 +435,25 @@ Result<RestoreReport> Agent::Restore(const std::string& checkpoint_id, const Res
     // CRIU reads the images from, and writes its log into, a scratch directory: the checkpoint
     // stays pristine. Store-backed checkpoints have their pages images built there.
     const std::string staging = config_.state_dir + "/run/restore-" + name;
-    ELSA_RETURN_IF_ERROR(RemoveTree(staging));
-    ELSA_RETURN_IF_ERROR(MakeDirs(staging, 0700));
-    struct RemoveOnExit {
-      std::string path;
-      ~RemoveOnExit() {
-        if (!path.empty()) (void)RemoveTree(path);
-      }
-    } cleanup{staging};
+    ELSA_ASSIGN_OR_RETURN(ScopedPath cleanup, ScopedPath::MakeDirectory(staging));
     std::string images_dir = checkpoint_dir;
     if (manifest.pages_in_store) {
-      Report(progress, "pages", options.lazy ? "writing the pages CRIU needs first; the rest will be served lazily"
+      Report(progress, "pages", lazy ? "writing the pages CRIU needs first; the rest will be served lazily"
                                              : "writing " + std::to_string(manifest.pages) + " pages from the store");
       const auto materialize_start = Clock::now();
       ELSA_ASSIGN_OR_RETURN(page_server::MaterializeStats made,
-                            pages_->Materialize(checkpoint_dir, staging, options.lazy));
+                            pages_->Materialize(checkpoint_dir, staging, lazy));
       out.materialize_seconds = SecondsSince(materialize_start);
       out.pages_materialized = made.pages_written;
       out.pages_lazy = made.pages_lazy;
       images_dir = staging;
     }
     std::unique_ptr<LazyPageSupply> supply;
-    if (options.lazy) {
+    if (lazy) {
       Report(progress, "lazy", "starting criu lazy-pages and our lazy page server for " +
                                    std::to_string(out.pages_lazy) + " pages");
       ELSA_ASSIGN_OR_RETURN(supply, pages_->StartLazySupply(criu, checkpoint_dir, staging));
-      cleanup.path.clear();  // the staging directory is the lazy daemon's until it is done
+      cleanup.Keep();  // the staging directory is the lazy daemon's until it is done
     }
     SessionInfo info;
     info.name = name;
@@ -404,7 +462,7 @@ Result<RestoreReport> Agent::Restore(const std::string& checkpoint_id, const Res
     info.started_at = manifest.session_started_at;
     info.restored_from = checkpoint_id;
     info.last_checkpoint = checkpoint_id;
-    Report(progress, "restore", "restoring with CRIU from " + checkpoint_dir + (options.lazy ? " (lazily)" : ""));
+    Report(progress, "restore", "restoring with CRIU from " + checkpoint_dir + (lazy ? " (lazily)" : ""));
     CriuOutcome outcome;
     ELSA_ASSIGN_OR_RETURN(out.session, RestoreAndAdopt(std::move(info), manifest.output_pipes, images_dir, staging,
                                                        std::move(supply), progress, &outcome));
@@ -413,7 +471,6 @@ Result<RestoreReport> Agent::Restore(const std::string& checkpoint_id, const Res
     out.total_seconds = SecondsSince(start);
     return out;
   }();
-  release_name();
   if (!report.ok()) return report.status().WithContext("restore of " + checkpoint_id);
   return report;
 }
@@ -448,7 +505,9 @@ Result<SessionInfo> Agent::RestoreAndAdopt(SessionInfo info, const std::vector<s
 }
 
 void Agent::FinishPagingIn(uint64_t serial, std::unique_ptr<LazyPageSupply> supply, std::string staging) {
-  paging_threads_.emplace_back([this, serial, supply = std::move(supply), staging = std::move(staging)] {
+  // std::function needs a copyable callable: the supply rides in a shared_ptr.
+  std::shared_ptr<LazyPageSupply> shared(std::move(supply));
+  paging_threads_.Start([this, serial, supply = std::move(shared), staging = std::move(staging)] {
     const auto start = Clock::now();
     Result<page_server::LazyServeStats> served = supply->Wait();
     (void)RemoveTree(staging);
@@ -461,7 +520,7 @@ void Agent::FinishPagingIn(uint64_t serial, std::unique_ptr<LazyPageSupply> supp
         s->info.lazy_pages_served = served->pages_served;
       } else {
         s->info.lazy_error = served.status().ToString();
-        std::fprintf(stderr, "elsad: session %s: lazy restore: %s\n", n.c_str(), s->info.lazy_error.c_str());
+        config_.log.With("session", n).With("op", "lazy-restore").Error(s->info.lazy_error);
       }
     }
   });
@@ -497,5 +556,12 @@ Agent::PageStoreReport Agent::PageStoreStats() const {
   const auto stats = pages_->Stats();
   return {stats.unique_pages, stats.stored_bytes};
 }
+
+Result<MigrateReport> Agent::Migrate(const std::string& name, const MigrateOptions& options,
+                                     const ProgressFn& progress) {
+  return MigrationSource(*host_, name, options, progress).Run();
+}
+
+Status Agent::AcceptMigration(transport::Channel& channel) { return MigrationDestination(*host_, channel).Run(); }
 
 }  // namespace elsa

@@ -1,7 +1,6 @@
 #include "elsa/engine/peer_server.h"
 
 #include <chrono>
-#include <cstdio>
 
 #include "migrate/protocol.h"
 
@@ -27,8 +26,7 @@ PeerServer::PeerServer(Agent& agent, std::unique_ptr<transport::Transport> trans
 PeerServer::~PeerServer() {
   stop_ = true;
   accept_thread_.join();
-  std::lock_guard lock(mu_);
-  for (auto& t : migrations_) t.join();
+  migrations_.JoinAll();
 }
 
 void PeerServer::AcceptLoop() {
@@ -37,13 +35,12 @@ void PeerServer::AcceptLoop() {
     auto channel = listener_->Accept(std::chrono::milliseconds(300));
     if (!channel.ok()) {
       if (channel.status().code() != StatusCode::kTimeout)
-        std::fprintf(stderr, "elsad: peer listener: %s\n", channel.status().ToString().c_str());
+        agent_.config().log.Warning("peer listener: " + channel.status().ToString());
       continue;
     }
-    std::lock_guard lock(mu_);
-    migrations_.emplace_back([this, c = std::shared_ptr<transport::Channel>(std::move(*channel))] {
+    migrations_.Start([this, c = std::shared_ptr<transport::Channel>(std::move(*channel))] {
       Status st = agent_.AcceptMigration(*c);
-      if (!st.ok()) std::fprintf(stderr, "elsad: incoming migration: %s\n", st.ToString().c_str());
+      if (!st.ok()) agent_.config().log.With("op", "incoming-migration").Error(st.ToString());
       (void)c->Close(std::chrono::seconds(5));
     });
   }

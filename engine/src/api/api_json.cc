@@ -17,7 +17,7 @@ json EventsJson(const std::vector<std::pair<std::string, double>>& events) {
 
 json ToJson(const SessionInfo& s) {
   json j = {{"name", s.name},       {"pid", s.pid},
-            {"state", s.state},     {"command", s.command},
+            {"state", SessionStateName(s.state)}, {"command", s.command},
             {"workdir", s.workdir}, {"started_at", s.started_at},
             {"uptime_seconds", s.uptime_seconds}, {"processes", s.processes},
             {"rss_bytes", s.rss_bytes}, {"log", s.log_path},
@@ -25,7 +25,7 @@ json ToJson(const SessionInfo& s) {
   if (!s.restored_from.empty())
     j["lazy"] = {{"paging_in", s.paging_in}, {"pages_served", s.lazy_pages_served},
                  {"seconds", s.lazy_seconds}, {"error", s.lazy_error}};
-  if (s.state == "exited") {
+  if (s.state == SessionState::kExited) {
     j["exit_code"] = s.exit_code;
     j["exit_signal"] = s.exit_signal;
   }
@@ -102,7 +102,7 @@ json ToJson(const MigrateReport& r) {
   return {{"session", r.session},
           {"destination", r.destination},
           {"address", r.address},
-          {"mode", r.mode},
+          {"mode", MigrationModeName(r.mode)},
           {"checkpoint", r.checkpoint_id},
           {"pid", r.pid},
           {"downtime_seconds", r.downtime_seconds},
@@ -123,6 +123,18 @@ json ToJson(const MigrateReport& r) {
             {"lazy", r.pages_lazy},
             {"postcopy", r.pages_postcopy},
             {"faulted", r.pages_faulted}}}};
+}
+
+json ToJson(const ProgressEvent& e) {
+  json j = {{"event", "progress"}, {"phase", e.phase}, {"detail", e.detail}};
+  if (e.round) j["round"] = *e.round;
+  if (e.bytes_done) j["bytes_done"] = *e.bytes_done;
+  if (e.bytes_total) j["bytes_total"] = *e.bytes_total;
+  if (e.pages) j["pages"] = *e.pages;
+  if (e.rate_bytes_per_s) j["rate_bytes_per_s"] = *e.rate_bytes_per_s;
+  if (e.eta_seconds) j["eta_seconds"] = *e.eta_seconds;
+  if (e.seconds) j["seconds"] = *e.seconds;
+  return j;
 }
 
 }  // namespace elsa

@@ -14,28 +14,13 @@
 
 #include "elsa/engine/api.h"
 #include "elsa/file_util.h"
+#include "elsa/json_reader.h"
 
 namespace elsa {
 
 using nlohmann::json;
 
 namespace {
-
-// Typed access to request fields: a wrong type is the client's error, not a crash.
-template <typename T>
-Status ReadField(const json& req, const char* key, T* out, bool required = false) {
-  auto it = req.find(key);
-  if (it == req.end() || it->is_null()) {
-    if (required) return Status::InvalidArgument(std::string("request lacks '") + key + "'");
-    return Status::Ok();
-  }
-  try {
-    *out = it->get<T>();
-  } catch (const json::exception&) {
-    return Status::InvalidArgument(std::string("request field '") + key + "' has the wrong type");
-  }
-  return Status::Ok();
-}
 
 json Ok(json result) { return {{"ok", true}, {"result", std::move(result)}}; }
 
@@ -54,9 +39,7 @@ Status AwaitFreezeGo(const EventFn& emit, const ReadLineFn& read_line) {
 }
 
 json ExecuteRequest(Agent& agent, const ApiRequest& req, const EventFn& emit, const ReadLineFn& read_line) {
-  auto progress = [&](const std::string& phase, const std::string& detail) {
-    emit({{"event", "progress"}, {"phase", phase}, {"detail", detail}});
-  };
+  auto progress = [&](const ProgressEvent& event) { emit(ToJson(event)); };
   const std::string& o = req.op;
   if (o == "version") {
     json j = {{"agent", "elsad"}, {"api", 1}, {"state_dir", agent.config().state_dir}};
@@ -128,7 +111,8 @@ json ExecuteRequest(Agent& agent, const ApiRequest& req, const EventFn& emit, co
 }
 
 bool WriteLine(int fd, const json& j) {
-  std::string line = j.dump() + "\n";
+  // Replacement, not an exception, for bytes that are not UTF-8 (messages quote CRIU logs).
+  std::string line = j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
   std::string_view rest = line;
   while (!rest.empty()) {
     ssize_t n = ::send(fd, rest.data(), rest.size(), MSG_NOSIGNAL);
@@ -186,38 +170,41 @@ Result<ApiRequest> ParseApiRequest(std::string_view line) {
   json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return Status::InvalidArgument("request is not a JSON object");
   ApiRequest req;
-  ELSA_RETURN_IF_ERROR(ReadField(j, "op", &req.op, true));
+  JsonReader r(j, "request", StatusCode::kInvalidArgument);
+  ELSA_RETURN_IF_ERROR(r.Required("op", &req.op).status());
   const std::string& o = req.op;
   if (o == "version" || o == "ps" || o == "checkpoints" || o == "gc") return req;
   if (o == "run") {
-    ELSA_RETURN_IF_ERROR(ReadField(j, "name", &req.name, true));
-    ELSA_RETURN_IF_ERROR(ReadField(j, "argv", &req.argv, true));
-    ELSA_RETURN_IF_ERROR(ReadField(j, "env", &req.env));
-    ELSA_RETURN_IF_ERROR(ReadField(j, "workdir", &req.workdir));
+    ELSA_RETURN_IF_ERROR(r.Required("name", &req.name).status());
+    ELSA_RETURN_IF_ERROR(r.Required("argv", &req.argv).status());
+    ELSA_RETURN_IF_ERROR(r.Optional("env", &req.env).status());
+    ELSA_RETURN_IF_ERROR(r.Optional("workdir", &req.workdir).status());
     return req;
   }
   if (o == "session" || o == "stop" || o == "checkpoint") {
-    ELSA_RETURN_IF_ERROR(ReadField(j, "name", &req.name, true));
-    ELSA_RETURN_IF_ERROR(ReadField(j, "timeout_seconds", &req.timeout_seconds));
-    ELSA_RETURN_IF_ERROR(ReadField(j, "leave_running", &req.leave_running));
+    ELSA_RETURN_IF_ERROR(r.Required("name", &req.name).status());
+    ELSA_RETURN_IF_ERROR(r.Optional("timeout_seconds", &req.timeout_seconds).status());
+    ELSA_RETURN_IF_ERROR(r.Optional("leave_running", &req.leave_running).status());
     if (req.timeout_seconds < 0 || req.timeout_seconds > 3600)
       return Status::InvalidArgument("timeout_seconds must be between 0 and 3600");
     return req;
   }
   if (o == "migrate") {
-    ELSA_RETURN_IF_ERROR(ReadField(j, "name", &req.name, true));
-    ELSA_RETURN_IF_ERROR(ReadField(j, "to", &req.to, true));
-    ELSA_RETURN_IF_ERROR(ReadField(j, "mode", &req.mode));
-    ELSA_RETURN_IF_ERROR(ReadField(j, "max_downtime_ms", &req.max_downtime_ms));
-    ELSA_RETURN_IF_ERROR(ReadField(j, "freeze_gate", &req.freeze_gate));
+    ELSA_RETURN_IF_ERROR(r.Required("name", &req.name).status());
+    ELSA_RETURN_IF_ERROR(r.Required("to", &req.to).status());
+    std::string mode(MigrationModeName(req.mode));
+    ELSA_RETURN_IF_ERROR(r.Optional("mode", &mode).status());
+    ELSA_ASSIGN_OR_RETURN(req.mode, ParseMigrationMode(mode));
+    ELSA_RETURN_IF_ERROR(r.Optional("max_downtime_ms", &req.max_downtime_ms).status());
+    ELSA_RETURN_IF_ERROR(r.Optional("freeze_gate", &req.freeze_gate).status());
     if (req.max_downtime_ms < 1 || req.max_downtime_ms > 600000)
       return Status::InvalidArgument("max_downtime_ms must be between 1 and 600000");
     return req;
   }
   if (o == "restore" || o == "rm" || o == "verify") {
-    ELSA_RETURN_IF_ERROR(ReadField(j, "checkpoint", &req.checkpoint, true));
-    ELSA_RETURN_IF_ERROR(ReadField(j, "name", &req.name));
-    ELSA_RETURN_IF_ERROR(ReadField(j, "lazy", &req.lazy));
+    ELSA_RETURN_IF_ERROR(r.Required("checkpoint", &req.checkpoint).status());
+    ELSA_RETURN_IF_ERROR(r.Optional("name", &req.name).status());
+    ELSA_RETURN_IF_ERROR(r.Optional("lazy", &req.lazy).status());
     return req;
   }
   return Status::InvalidArgument("unknown op '" + o + "'");

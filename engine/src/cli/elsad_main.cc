@@ -14,6 +14,7 @@
 #include "elsa/engine/peer_server.h"
 #include "elsa/engine/api.h"
 #include "elsa/file_util.h"
+#include "elsa/log.h"
 
 #ifndef ELSA_DEFAULT_CRIU_PREFIX
 #define ELSA_DEFAULT_CRIU_PREFIX ""
@@ -85,6 +86,11 @@ int main(int argc, char** argv) {
     return 1;
   }
   config.peer_timeout_ms = peer_timeout_s * 1000;
+  // The agent's own lines, in its log (stderr, or STATE_DIR/elsad.log with --daemon).
+  config.log = elsa::Logger([](const elsa::LogLine& line) {
+    const char* level = line.level == elsa::LogLevel::kInfo ? "" : line.level == elsa::LogLevel::kWarning ? "warning: " : "error: ";
+    std::fprintf(stderr, "elsad: %s%s\n", level, elsa::Logger::Format(line).c_str());
+  });
   if (!secret_file.empty()) {
     auto secret = elsa::ReadFile(secret_file, 4096);
     if (!secret.ok()) {

@@ -202,6 +202,11 @@ Result<CriuOutcome> CriuDriver::Restore(const CriuRestoreRequest& request,
                   "restore", notify);
 }
 
+std::string CriuNetworkLockTableOf(const std::string& work_dir) {
+  Result<std::string> log = ReadFile(work_dir + "/" + CriuDriver::kDumpLog);
+  return log.ok() ? CriuNetworkLockTable(*log) : std::string();
+}
+
 std::string CriuNetworkLockTable(const std::string& log_text) {
   // CRIU logs its run id first thing; the dump worker's is the last one. The table name is
   // "CRIU-" + the id cut to fit CRIU's 32-byte buffer (netfilter.c, nftables_get_table).
@@ -222,19 +227,25 @@ std::string CriuNetworkLockTable(const std::string& log_text) {
 Status DropCriuNetworkLock(const std::string& table) {
   if (table.rfind("inet CRIU-", 0) != 0) return Status::InvalidArgument("not a CRIU lock table: " + table);
   const std::string name = table.substr(5);
-  const char* argv[] = {"nft", "delete", "table", "inet", name.c_str(), nullptr};
-  pid_t pid = ::fork();
-  if (pid < 0) return Status::FromErrno("fork for nft", errno);
-  if (pid == 0) {
-    int devnull = ::open("/dev/null", O_RDWR);
-    ::dup2(devnull, 1);
-    ::dup2(devnull, 2);
-    ::execvp("nft", const_cast<char* const*>(argv));
-    ::_exit(127);
-  }
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
-  // A missing table is the usual case (the checkpoint was restored): nothing to do.
+  std::string nft;
+  for (const char* dir : {"/usr/sbin", "/sbin", "/usr/bin", "/bin"})
+    if (::access((std::string(dir) + "/nft").c_str(), X_OK) == 0) {
+      nft = std::string(dir) + "/nft";
+      break;
+    }
+  if (nft.empty()) return Status::FailedPrecondition("nft not found: cannot remove CRIU's network lock " + table);
+  auto run = [&](const char* verb) -> Result<int> {
+    ELSA_ASSIGN_OR_RETURN(ChildProcess child, ChildProcess::Spawn({nft, verb, "table", "inet", name}, {}, "/dev/null"));
+    return child.Wait();
+  };
+  // A missing table is the usual case (the checkpoint was restored, which removes it): nothing
+  // to do. One that is there must go.
+  ELSA_ASSIGN_OR_RETURN(int listed, run("list"));
+  if (listed != 0) return Status::Ok();
+  ELSA_ASSIGN_OR_RETURN(int deleted, run("delete"));
+  if (deleted != 0)
+    return Status::ExternalFailure("nft delete table " + table + " " + DescribeWaitStatus(deleted) +
+                                   ": the session's connections stay blocked until it is removed");
   return Status::Ok();
 }
 

@@ -1,21 +1,16 @@
-// The destination's side of a live migration (the source's is agent_migrate.cc): pages into the
-// store, images into a directory, restore, and, for post-copy, the session's memory arriving
-// while it already runs here. Until the source says `commit`, the copy here is not the session:
-// any failure ends it, and the source resumes its own.
+#include "migrate/destination.h"
+
 #include <signal.h>
-#include <unistd.h>
 
-#include <cctype>
-#include <cstdio>
-#include <sstream>
+#include <exception>
+#include <mutex>
 
-#include "agent/agent_progress.h"
-#include "store/checkpoint_pages.h"
-#include "elsa/engine/agent.h"
-#include "elsa/file_util.h"
-#include "migrate/channel_io.h"
-#include "migrate/protocol.h"
+#include "migrate/image_files.h"
+#include "migrate/lazy_plan.h"
+#include "migrate/peer_reader.h"
 #include "migrate/postcopy.h"
+#include "session/host_memory.h"
+#include "store/checkpoint_pages.h"
 
 namespace elsa {
 namespace {
@@ -23,64 +18,6 @@ namespace {
 using namespace std::chrono_literals;
 
 std::string MiB(uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
-
-struct MemoryRoom {
-  uint64_t bytes = UINT64_MAX;
-  std::string limited_by;
-};
-
-// How much memory a session restored here can have: what the kernel calls available, and below
-// every memory-limited cgroup above this agent (a restored tree starts in the agent's cgroup).
-MemoryRoom RoomForMemory() {
-  MemoryRoom room;
-  if (auto meminfo = ReadFile("/proc/meminfo"); meminfo.ok()) {
-    std::istringstream lines(*meminfo);
-    for (std::string line; std::getline(lines, line);) {
-      unsigned long long kib = 0;
-      if (std::sscanf(line.c_str(), "MemAvailable: %llu kB", &kib) == 1) {
-        room = {kib * 1024, "the host's available memory"};
-        break;
-      }
-    }
-  }
-  auto self = ReadFile("/proc/self/cgroup");
-  if (!self.ok()) return room;
-  // cgroup v2 ("0::/path": memory.max, "max" when unlimited) or v1 ("N:memory:/path":
-  // memory.limit_in_bytes, a huge number when unlimited).
-  std::string v2_path, v1_path;
-  std::istringstream lines(*self);
-  for (std::string line; std::getline(lines, line);) {
-    if (line.rfind("0::", 0) == 0) v2_path = line.substr(3);
-    const size_t first = line.find(':');
-    if (first != std::string::npos && line.compare(first + 1, 7, "memory:") == 0) v1_path = line.substr(first + 8);
-  }
-  auto visit = [&](const std::string& mount, std::string path, const char* limit_file, const char* usage_file) {
-    for (;;) {
-      const std::string dir = mount + (path == "/" ? std::string() : path);
-      auto max = ReadFile(dir + "/" + limit_file);
-      auto current = ReadFile(dir + "/" + usage_file);
-      if (max.ok() && current.ok() && !max->empty() && std::isdigit(static_cast<unsigned char>((*max)[0]))) {
-        const uint64_t limit = std::stoull(*max), used = std::stoull(*current);
-        const uint64_t left = limit > used ? limit - used : 0;
-        if (limit < (1ull << 62) && left < room.bytes)
-          room = {left, "cgroup " + path + " (memory limit " + MiB(limit) + ", " + MiB(used) + " used)"};
-      }
-      if (path == "/" || path.empty()) return;
-      const size_t slash = path.rfind('/');
-      path = slash == 0 ? "/" : path.substr(0, slash);
-    }
-  };
-  // `ip netns exec` (a simulated host) mounts a fresh /sys without the cgroup filesystems; the
-  // host's are still there through init's root.
-  const std::string cgroup_root =
-      ::access("/sys/fs/cgroup/cgroup.controllers", F_OK) == 0 || ::access("/sys/fs/cgroup/memory", F_OK) == 0
-          ? "/sys/fs/cgroup"
-          : "/proc/1/root/sys/fs/cgroup";
-  if (!v2_path.empty()) visit(cgroup_root, v2_path, "memory.max", "memory.current");
-  if (!v2_path.empty()) visit(cgroup_root + "/unified", v2_path, "memory.max", "memory.current");
-  if (!v1_path.empty()) visit(cgroup_root + "/memory", v1_path, "memory.limit_in_bytes", "memory.usage_in_bytes");
-  return room;
-}
 
 // CRIU's restore from its "post-restore" notification (the tree is rebuilt) to its end (the tree
 // runs).
@@ -91,6 +28,8 @@ double ResumeSeconds(double restore_seconds, const std::vector<std::pair<std::st
   return at > 0 ? restore_seconds - at : 0;
 }
 
+}  // namespace
+
 // The channel as the lazy server's thread sees it: wants may still be asked for while the
 // migration's thread gives up, and must not reach a channel that is gone.
 class ChannelForWants {
@@ -99,7 +38,7 @@ class ChannelForWants {
   Status Want(uint32_t task, uint64_t vaddr, uint64_t count) {
     std::lock_guard lock(mu_);
     if (!channel_) return Status::Unavailable("the migration's channel is closed");
-    return channel_->Send(peer::EncodeControl("want", {{"task", task}, {"vaddr", vaddr}, {"pages", count}}), 0);
+    return channel_->Send(peer::EncodeControl(peer::Want{task, vaddr, count}), 0);
   }
   void Detach() {
     std::lock_guard lock(mu_);
@@ -111,210 +50,198 @@ class ChannelForWants {
   transport::Channel* channel_;
 };
 
-}  // namespace
+MigrationDestination::MigrationDestination(MigrationHost& host, transport::Channel& channel)
+    : host_(host),
+      channel_(channel),
+      log_(host.log().With("op", "incoming-migration")),
+      patience_(host.config().peer_timeout_ms),
+      wants_(std::make_shared<ChannelForWants>(&channel)) {}
 
-Status Agent::AcceptMigration(transport::Channel& channel) {
-  ELSA_ASSIGN_OR_RETURN(peer::Control begin, ReceiveControl(channel, 30s));
-  if (begin.op != "begin") return Status::ProtocolError("a migration starts with 'begin', not '" + begin.op + "'");
-  const nlohmann::json session = begin.body.value("session", nlohmann::json::object());
-  const std::string name = session.is_object() ? session.value("name", std::string()) : std::string();
-  const std::string mode = begin.body.value("mode", std::string("precopy"));
-  const bool postcopy = mode == "postcopy" || mode == "hybrid";
-  auto refuse = [&](const Status& why) {
-    (void)channel.Send(peer::EncodeControl("error", {{"message", why.message()}}), 0);
-    (void)channel.Flush(5s);
-    return why;
-  };
-  if (Status valid = ValidateIdentifier("session name", name); !valid.ok()) return refuse(valid);
-  if (mode != "precopy" && !postcopy) return refuse(Status::ProtocolError("unknown migration mode '" + mode + "'"));
+MigrationDestination::~MigrationDestination() { wants_->Detach(); }
+
+Status MigrationDestination::Run() {
+  Status st = Steps();
+  if (st.ok()) return st;
+  // Once a tree runs here (even if `restored` never reached the source), it must end here.
+  return restored_pid_ > 0 ? EndCopy(st) : Refuse(st);
+}
+
+Status MigrationDestination::Steps() {
+  // What a step throws is a failure like any other: refused or ended below, never a crash of
+  // the agent, whose PeerServer thread this is.
+  try {
+    ELSA_RETURN_IF_ERROR(Begin());
+    ELSA_RETURN_IF_ERROR(ReceiveImages());
+    ELSA_RETURN_IF_ERROR(Restore());
+    ELSA_RETURN_IF_ERROR(AwaitPages());
+    return AwaitCommit();
+  } catch (const std::exception& e) {
+    return Status::Internal(std::string("unexpected error: ") + e.what());
+  }
+}
+
+Status MigrationDestination::Begin() {
+  ELSA_ASSIGN_OR_RETURN(begin_, peer::Expect<peer::Begin>(ReceiveControl(channel_, 30s), "to start a migration"));
+  const std::string& name = begin_.session.name;
+  ELSA_RETURN_IF_ERROR(ValidateIdentifier("session name", name));
+  log_ = log_.With("session", name);
   // Refused now, while the session still runs at the source, rather than killed by the OOM
   // killer here once the source is gone. 10% headroom for what the restore itself needs.
-  const uint64_t memory = begin.body.value("memory_bytes", uint64_t{0});
+  const uint64_t memory = begin_.memory_bytes;
   const MemoryRoom room = RoomForMemory();
-  std::fprintf(stderr, "elsad: incoming migration of %s (%s): it uses %s; %s leaves %s\n", name.c_str(), mode.c_str(),
-               MiB(memory).c_str(), room.limited_by.c_str(), MiB(room.bytes).c_str());
+  log_.Info("incoming migration (" + std::string(MigrationModeName(begin_.mode)) + "): it uses " + MiB(memory) + "; " +
+            room.limited_by + " leaves " + MiB(room.bytes));
   if (memory + memory / 10 > room.bytes)
-    return refuse(Status::FailedPrecondition("not enough memory here for session '" + name + "': it uses " +
-                                             MiB(memory) + ", and " + room.limited_by + " leaves " + MiB(room.bytes)));
-  if (Status free = ReserveName(name); !free.ok()) return refuse(free);
-  bool reserved = true;
-  auto release_name = [&] {
-    if (reserved) ReleaseName(name);
-    reserved = false;
-  };
+    return Status::FailedPrecondition("not enough memory here for session '" + name + "': it uses " + MiB(memory) +
+                                      ", and " + room.limited_by + " leaves " + MiB(room.bytes));
+  ELSA_ASSIGN_OR_RETURN(NameReservation reserved, NameReservation::Take(host_, name));
+  name_.emplace(std::move(reserved));
   // Post-copy images are restored as they are; pre-copy ones become a checkpoint first.
-  std::optional<PendingCheckpoint> pending;
-  std::string images_dir = config_.state_dir + "/run/incoming-" + name;
-  auto prepare = [&]() -> Status {
-    if (postcopy) {
-      ELSA_RETURN_IF_ERROR(RemoveTree(images_dir));
-      return MakeDirs(images_dir, 0700);
+  if (IsPostcopy(begin_.mode)) {
+    ELSA_ASSIGN_OR_RETURN(incoming_, ScopedPath::MakeDirectory(host_.config().state_dir + "/run/incoming-" + name));
+    images_dir_ = incoming_.path();
+  } else {
+    ELSA_ASSIGN_OR_RETURN(PendingCheckpoint pending, host_.store().Begin(NewCheckpointId(name)));
+    pending_.emplace(std::move(pending));
+    images_dir_ = pending_->dir();
+  }
+  return channel_.Send(peer::EncodeControl(peer::Ready{}), 0);
+}
+
+Status MigrationDestination::ReceiveImages() {
+  FileReceiver files(images_dir_);
+  uint64_t pages = 0, fresh = 0;
+  for (;;) {
+    ELSA_ASSIGN_OR_RETURN(transport::Message message, channel_.Receive(120s));
+    if (message.kind == transport::Message::Kind::kPages) {
+      if (message.pages.empty()) continue;
+      ELSA_ASSIGN_OR_RETURN(size_t added, host_.pages().Put(message.pages.page(0), message.pages.size()));
+      pages += message.pages.size();
+      fresh += added;
+      continue;
     }
-    ELSA_ASSIGN_OR_RETURN(PendingCheckpoint p, store_.Begin(NewCheckpointId(name)));
-    images_dir = p.dir();
-    pending.emplace(std::move(p));
+    ELSA_ASSIGN_OR_RETURN(peer::Message decoded, peer::DecodeMessage(message.data));
+    if (auto* chunk = std::get_if<peer::FileChunk>(&decoded)) {
+      ELSA_RETURN_IF_ERROR(files.Take(*chunk));
+      continue;
+    }
+    auto* control = std::get_if<peer::Control>(&decoded);
+    if (!control) return Status::ProtocolError("page refs before the session was restored");
+    ELSA_ASSIGN_OR_RETURN(peer::Restore restore,
+                          peer::Expect<peer::Restore>(std::move(*control), "while the images arrived"));
+    ELSA_RETURN_IF_ERROR(files.CheckComplete());
+    if (restore.manifest.session_name != begin_.session.name)
+      return Status::ProtocolError("the manifest is for another session");
+    log_.Info(std::to_string(pages) + " pages received (" + std::to_string(fresh) + " new), " +
+              std::to_string(files.bytes()) + " bytes of images");
+    restore_.emplace(std::move(restore));
     return Status::Ok();
-  };
-  if (Status ready = prepare(); !ready.ok()) {
-    release_name();
-    return refuse(ready);
   }
-  struct RemoveOnExit {
-    std::string path;
-    ~RemoveOnExit() {
-      if (!path.empty()) (void)RemoveTree(path);
-    }
-  } incoming{postcopy ? images_dir : std::string()};
+}
 
-  auto receive = [&]() -> Result<nlohmann::json> {
-    ELSA_RETURN_IF_ERROR(channel.Send(peer::EncodeControl("ready"), 0));
-    FileReceiver files(images_dir);
-    uint64_t pages = 0, fresh = 0;
-    for (;;) {
-      ELSA_ASSIGN_OR_RETURN(transport::Message message, channel.Receive(120s));
-      if (message.kind == transport::Message::Kind::kPages) {
-        if (message.pages.empty()) continue;
-        ELSA_ASSIGN_OR_RETURN(size_t added, pages_->Put(message.pages.page(0), message.pages.size()));
-        pages += message.pages.size();
-        fresh += added;
-        continue;
-      }
-      ELSA_ASSIGN_OR_RETURN(auto decoded, peer::DecodeMessage(message.data));
-      if (auto* chunk = std::get_if<peer::FileChunk>(&decoded)) {
-        ELSA_RETURN_IF_ERROR(files.Take(*chunk));
-        continue;
-      }
-      peer::Control* control = std::get_if<peer::Control>(&decoded);
-      if (!control) return Status::ProtocolError("page refs before the session was restored");
-      if (control->op == "abort")
-        return Status::ExternalFailure("the source gave up: " + control->body.value("message", std::string()));
-      if (control->op != "restore") return Status::ProtocolError("unexpected '" + control->op + "' during a migration");
-      ELSA_RETURN_IF_ERROR(files.CheckComplete());
-      std::fprintf(stderr, "elsad: migration of %s: %llu pages received (%llu new), %llu bytes of images\n",
-                   name.c_str(), static_cast<unsigned long long>(pages), static_cast<unsigned long long>(fresh),
-                   static_cast<unsigned long long>(files.bytes()));
-      return std::move(control->body);
-    }
-  };
-  Result<nlohmann::json> restore_request = receive();
-  if (!restore_request.ok()) {
-    release_name();
-    return refuse(restore_request.status());
-  }
-  auto manifest_of = [&]() -> Result<Manifest> {
-    const nlohmann::json& m = (*restore_request)["manifest"];
-    ELSA_ASSIGN_OR_RETURN(Manifest manifest, ManifestFromJson(m.is_object() ? m.dump() : std::string("{}")));
-    if (manifest.session_name != name) return Status::ProtocolError("the manifest is for another session");
-    return manifest;
-  };
+Status MigrationDestination::Restore() {
+  Manifest manifest = std::move(restore_->manifest);
+  ELSA_RETURN_IF_ERROR(pending_ ? RestoreFromCheckpoint(std::move(manifest))
+                                : RestoreWithPagesToCome(std::move(manifest)));
+  // The session runs here and is adopted under its name; the reservation has done its work.
+  name_->Release();
+  return Status::Ok();
+}
 
-  // Post-copy: the pages the session will fault on come through `source`, fed by `reader` from
-  // the moment it exists (the session faults before its restore is even reported).
-  std::shared_ptr<PostcopyPages> source;
-  std::unique_ptr<PeerReader> reader;
-  auto wants = std::make_shared<ChannelForWants>(&channel);
-  struct DetachOnExit {
-    std::shared_ptr<ChannelForWants> wants;
-    ~DetachOnExit() { wants->Detach(); }
-  } detach{wants};
-  pid_t restored_pid = 0;
-  auto restore = [&]() -> Result<nlohmann::json> {
-    ELSA_ASSIGN_OR_RETURN(Manifest manifest, manifest_of());
-    SessionInfo info;
-    info.name = name;
-    info.command = manifest.command;
-    info.workdir = manifest.workdir;
-    info.started_at = manifest.session_started_at;
-    std::string staging = images_dir;
-    std::unique_ptr<LazyPageSupply> supply;
-    ELSA_ASSIGN_OR_RETURN(std::string criu_binary, CriuBinary());
-    CriuDriver criu(criu_binary);
-    uint64_t pages_lazy = 0;
-    if (postcopy) {
-      ELSA_ASSIGN_OR_RETURN(LazyPlan plan, LazyPlan::FromImages(images_dir));
-      pages_lazy = plan.pages();
-      auto want = [wants](uint32_t task, uint64_t vaddr, uint64_t count) { return wants->Want(task, vaddr, count); };
-      source = std::make_shared<PostcopyPages>(std::move(plan), *pages_, want,
-                                               std::chrono::milliseconds(config_.peer_timeout_ms));
-      PeerReader::Handlers feed;
-      feed.pages = [s = source.get()](const transport::PageBatch& batch) { return s->TakePages(batch); };
-      feed.refs = [s = source.get()](std::span<const peer::PageRef> refs) { return s->TakeRefs(refs); };
-      reader = std::make_unique<PeerReader>(channel, std::move(feed));
-      ELSA_ASSIGN_OR_RETURN(supply, pages_->StartLazySupply(criu, source, staging));
-      incoming.path.clear();  // the lazy daemon's until it is done
-    } else {
-      // The images and every page they name are here: commit them as a checkpoint of ours,
-      // restored lazily from the store here.
-      manifest.id = pending->id();
-      manifest.pages_in_store = true;
-      ELSA_RETURN_IF_ERROR(pages_->VerifyPages(pending->dir(), false).WithContext("checking the migrated pages"));
-      ELSA_RETURN_IF_ERROR(pages_->Sync());
-      ELSA_ASSIGN_OR_RETURN(Manifest committed, pending->Commit(std::move(manifest), false));
-      release_name();
-      RestoreOptions restore_options;
-      restore_options.name = name;
-      restore_options.lazy = true;
-      ELSA_ASSIGN_OR_RETURN(RestoreReport restored, Restore(committed.id, restore_options, nullptr));
-      restored_pid = restored.session.pid;
-      return nlohmann::json{{"pid", restored.session.pid},
-                            {"checkpoint", committed.id},
-                            {"pages_lazy", restored.pages_lazy},
-                            {"restore_seconds", restored.total_seconds},
-                            {"resume_seconds", ResumeSeconds(restored.restore_seconds, restored.criu_events)}};
-    }
-    CriuOutcome outcome;
-    ELSA_ASSIGN_OR_RETURN(SessionInfo adopted, RestoreAndAdopt(std::move(info), manifest.output_pipes, images_dir,
-                                                               staging, std::move(supply), nullptr, &outcome));
-    release_name();
-    restored_pid = adopted.pid;
-    // A page that cannot be had must stop the session first: CRIU's lazy daemon giving up would
-    // let it fault in zeroes instead.
-    source->SetGiveUp([pid = adopted.pid] { ::kill(pid, SIGKILL); });
-    return nlohmann::json{{"pid", adopted.pid},
-                          {"pages_lazy", pages_lazy},
-                          {"restore_seconds", outcome.seconds},
-                          {"resume_seconds", ResumeSeconds(outcome.seconds, outcome.notifications)}};
-  };
-  Result<nlohmann::json> restored = restore();
-  release_name();
-  if (!restored.ok()) return refuse(restored.status());
-  ELSA_RETURN_IF_ERROR(channel.Send(peer::EncodeControl("restored", *restored), 0));
+// The images and every page they name are here: commit them as a checkpoint of ours, restored
+// lazily from the store here (under the name this migration holds).
+Status MigrationDestination::RestoreFromCheckpoint(Manifest manifest) {
+  manifest.id = pending_->id();
+  manifest.pages_in_store = true;
+  ELSA_RETURN_IF_ERROR(host_.pages().VerifyPages(pending_->dir(), false).WithContext("checking the migrated pages"));
+  ELSA_RETURN_IF_ERROR(host_.pages().Sync());
+  ELSA_ASSIGN_OR_RETURN(Manifest committed, pending_->Commit(std::move(manifest), false));
+  pending_.reset();
+  RestoreOptions options;
+  options.name = begin_.session.name;
+  options.lazy = true;
+  ELSA_ASSIGN_OR_RETURN(RestoreReport restored, host_.RestoreReserved(committed.id, options, nullptr));
+  restored_pid_ = restored.session.pid;
+  peer::Restored reply;
+  reply.pid = restored.session.pid;
+  reply.checkpoint = committed.id;
+  reply.pages_lazy = restored.pages_lazy;
+  reply.restore_seconds = restored.total_seconds;
+  reply.resume_seconds = ResumeSeconds(restored.restore_seconds, restored.criu_events);
+  return channel_.Send(peer::EncodeControl(reply), 0);
+}
 
-  // The session runs here, but it is the source's until `commit`: a failure before that ends
-  // it here (killed before its missing pages are given up on, so it never runs without them).
-  auto end_copy = [&](const Status& why) {
-    if (restored_pid > 0) ::kill(restored_pid, SIGKILL);
-    if (source) source->Fail(why);
-    (void)Stop(name, 5);
-    return why;
-  };
-  const auto patience = std::chrono::milliseconds(config_.peer_timeout_ms);
-  if (source) {
-    Status delivered = [&]() -> Status {
-      // Pages and refs go to `source` as they come; the source may go silent for `patience`.
-      ELSA_ASSIGN_OR_RETURN(peer::Control control, reader->NextControl(patience));
-      if (control.op == "abort")
-        return Status::ExternalFailure("the source gave up: " + control.body.value("message", std::string()));
-      if (control.op != "pushed") return Status::ProtocolError("unexpected '" + control.op + "' during post-copy");
-      ELSA_RETURN_IF_ERROR(source->CheckComplete());
-      ELSA_RETURN_IF_ERROR(pages_->Sync());
-      std::fprintf(stderr, "elsad: migration of %s: all %llu lazy pages here (%llu faults waited for them)\n",
-                   name.c_str(), static_cast<unsigned long long>(source->plan().pages()),
-                   static_cast<unsigned long long>(source->faults()));
-      return channel.Send(peer::EncodeControl("delivered"), 0);
-    }();
-    if (!delivered.ok()) {
-      (void)channel.Send(peer::EncodeControl("error", {{"message", delivered.message()}}), 0);
-      return end_copy(delivered.WithContext("post-copy; the copy here was stopped"));
-    }
-  }
-  Result<peer::Control> verdict = reader ? reader->NextControl(60s) : ReceiveControl(channel, 60s);
-  if (!verdict.ok() || verdict->op != "commit") {
-    return end_copy(verdict.ok() ? Status::ExternalFailure("the source took the session back after it was restored here")
-                                 : verdict.status().WithContext("no commit from the source; the restored copy was stopped"));
-  }
-  ELSA_RETURN_IF_ERROR(channel.Send(peer::EncodeControl("committed"), 0));
-  return channel.Flush(10s);
+// The pages the session will fault on come through `source_`, fed by `reader_` from the moment
+// it exists (the session faults before its restore is even reported).
+Status MigrationDestination::RestoreWithPagesToCome(Manifest manifest) {
+  ELSA_ASSIGN_OR_RETURN(CriuDriver criu, host_.Criu());
+  ELSA_ASSIGN_OR_RETURN(LazyPlan plan, LazyPlan::FromImages(images_dir_));
+  const uint64_t pages_lazy = plan.pages();
+  auto want = [wants = wants_](uint32_t task, uint64_t vaddr, uint64_t count) { return wants->Want(task, vaddr, count); };
+  source_ = std::make_shared<PostcopyPages>(std::move(plan), host_.pages(), want, patience_);
+  PeerReader::Handlers feed;
+  feed.pages = [s = source_.get()](const transport::PageBatch& batch) { return s->TakePages(batch); };
+  feed.refs = [s = source_.get()](std::span<const peer::PageRef> refs) { return s->TakeRefs(refs); };
+  reader_ = std::make_unique<PeerReader>(channel_, std::move(feed));
+  ELSA_ASSIGN_OR_RETURN(std::unique_ptr<LazyPageSupply> supply, host_.pages().StartLazySupply(criu, source_, images_dir_));
+  const std::string staging = incoming_.Keep();  // the lazy daemon's until it is done
+  SessionInfo info;
+  info.name = begin_.session.name;
+  info.command = manifest.command;
+  info.workdir = manifest.workdir;
+  info.started_at = manifest.session_started_at;
+  CriuOutcome outcome;
+  ELSA_ASSIGN_OR_RETURN(SessionInfo adopted, host_.RestoreAndAdopt(std::move(info), manifest.output_pipes, images_dir_,
+                                                                   staging, std::move(supply), &outcome));
+  restored_pid_ = adopted.pid;
+  // A page that cannot be had must stop the session first: CRIU's lazy daemon giving up would
+  // let it fault in zeroes instead.
+  source_->SetGiveUp([pid = adopted.pid] { ::kill(pid, SIGKILL); });
+  peer::Restored reply;
+  reply.pid = adopted.pid;
+  reply.pages_lazy = pages_lazy;
+  reply.restore_seconds = outcome.seconds;
+  reply.resume_seconds = ResumeSeconds(outcome.seconds, outcome.notifications);
+  return channel_.Send(peer::EncodeControl(reply), 0);
+}
+
+Status MigrationDestination::AwaitPages() {
+  if (!source_) return Status::Ok();
+  // Pages and refs go to `source_` as they come; the source may go silent for `patience_`.
+  Status delivered = [&]() -> Status {
+    ELSA_RETURN_IF_ERROR(peer::Expect<peer::Pushed>(reader_->NextControl(patience_), "during post-copy").status());
+    ELSA_RETURN_IF_ERROR(source_->CheckComplete());
+    ELSA_RETURN_IF_ERROR(host_.pages().Sync());
+    log_.Info("all " + std::to_string(source_->plan().pages()) + " lazy pages here (" +
+              std::to_string(source_->faults()) + " faults waited for them)");
+    return channel_.Send(peer::EncodeControl(peer::Delivered{}), 0);
+  }();
+  return delivered.WithContext("post-copy");
+}
+
+Status MigrationDestination::AwaitCommit() {
+  Result<peer::Control> verdict = reader_ ? reader_->NextControl(60s) : ReceiveControl(channel_, 60s);
+  if (!verdict.ok()) return verdict.status().WithContext("no commit from the source");
+  if (!std::holds_alternative<peer::Commit>(*verdict))
+    return Status::ExternalFailure("the source took the session back after it was restored here");
+  ELSA_RETURN_IF_ERROR(channel_.Send(peer::EncodeControl(peer::Committed{}), 0));
+  return channel_.Flush(10s);
+}
+
+Status MigrationDestination::Refuse(const Status& why) {
+  (void)channel_.Send(peer::EncodeControl(peer::Error{why.message()}), 0);
+  (void)channel_.Flush(5s);
+  return why;
+}
+
+// The session runs here, but it is the source's until `commit`: it ends here (killed before its
+// missing pages are given up on, so it never runs without them).
+Status MigrationDestination::EndCopy(const Status& why) {
+  (void)channel_.Send(peer::EncodeControl(peer::Error{why.message()}), 0);
+  if (restored_pid_ > 0) ::kill(restored_pid_, SIGKILL);
+  if (source_) source_->Fail(why);
+  (void)host_.Stop(begin_.session.name, 5);
+  return why.WithContext("the restored copy here was stopped");
 }
 
 }  // namespace elsa

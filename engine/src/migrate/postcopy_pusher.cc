@@ -5,7 +5,8 @@
 #include <algorithm>
 
 #include "elsa/file_util.h"
-#include "migrate/channel_io.h"
+#include "migrate/known_pages.h"
+#include "migrate/peer_reader.h"
 #include "migrate/postcopy.h"
 
 namespace elsa {
@@ -28,13 +29,10 @@ PostcopyPusher::PostcopyPusher(transport::Channel& channel, const LazyPlan& plan
   push_stream_ = channel.streams() > 1 ? 1 : 0;
   PeerReader::Handlers handlers;
   handlers.intercept = [this](const peer::Control& control) {
-    if (control.op != "want") return false;
-    Want w;
-    w.task = control.body.value("task", uint32_t{0});
-    w.vaddr = control.body.value("vaddr", uint64_t{0});
-    w.pages = std::clamp(control.body.value("pages", uint64_t{1}), uint64_t{1}, kMaxWantPages);
+    const auto* want = std::get_if<peer::Want>(&control);
+    if (!want) return false;
     std::lock_guard lock(wants_mu_);
-    wants_.push_back(w);
+    wants_.push_back({want->task, want->vaddr, std::min(want->pages, kMaxWantPages)});
     return true;
   };
   reader_ = std::make_unique<PeerReader>(channel, std::move(handlers));
@@ -101,12 +99,11 @@ Status PostcopyPusher::ServeWants() {
 }
 
 Result<peer::Control> PostcopyPusher::AwaitControl(std::chrono::milliseconds timeout) {
-  const auto deadline = Clock::now() + timeout;
+  // Woken by each want the reader takes: faults are answered at once, not at a polling tick.
   for (;;) {
     ELSA_RETURN_IF_ERROR(ServeWants());
-    Result<peer::Control> control = reader_->NextControl(2ms);
-    if (control.ok() || control.status().code() != StatusCode::kTimeout) return control;
-    if (Clock::now() > deadline) return control.status();
+    ELSA_ASSIGN_OR_RETURN(std::optional<peer::Control> control, reader_->NextControlOrIntercepted(timeout));
+    if (control) return std::move(*control);
   }
 }
 
@@ -128,11 +125,9 @@ Result<PushStats> PostcopyPusher::Push(std::chrono::milliseconds patience, const
   }
   // `pushed` must not overtake the last batches, which travel on another stream.
   ELSA_RETURN_IF_ERROR(channel_.Flush(patience).WithContext("delivering the pushed pages"));
-  ELSA_RETURN_IF_ERROR(channel_.Send(peer::EncodeControl("pushed", {{"pages", plan_.pages()}}), 0));
+  ELSA_RETURN_IF_ERROR(channel_.Send(peer::EncodeControl(peer::Pushed{plan_.pages()}), 0));
   if (progress) progress(plan_.pages(), plan_.pages());
-  ELSA_ASSIGN_OR_RETURN(peer::Control delivered, AwaitControl(patience));
-  if (delivered.op != "delivered")
-    return Status::ProtocolError("expected 'delivered' after the pages, got '" + delivered.op + "'");
+  ELSA_RETURN_IF_ERROR(peer::Expect<peer::Delivered>(AwaitControl(patience), "after the pushed pages").status());
   stats_.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   return stats_;
 }

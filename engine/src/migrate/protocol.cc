@@ -4,19 +4,35 @@
 #include <set>
 
 #include "elsa/engine/manifest.h"
+#include "elsa/json_reader.h"
+
+namespace elsa {
+
+std::string_view MigrationModeName(MigrationMode mode) {
+  switch (mode) {
+    case MigrationMode::kPrecopy: return "precopy";
+    case MigrationMode::kPostcopy: return "postcopy";
+    case MigrationMode::kHybrid: return "hybrid";
+  }
+  return "?";
+}
+
+Result<MigrationMode> ParseMigrationMode(std::string_view text) {
+  for (MigrationMode m : {MigrationMode::kPrecopy, MigrationMode::kPostcopy, MigrationMode::kHybrid})
+    if (text == MigrationModeName(m)) return m;
+  return Status::InvalidArgument("mode '" + std::string(text.substr(0, 40)) + "': precopy, postcopy or hybrid");
+}
+
+}  // namespace elsa
 
 namespace elsa::peer {
 namespace {
 
+using nlohmann::json;
+
 constexpr uint8_t kControl = 'J';
 constexpr uint8_t kChunk = 'F';
 constexpr uint8_t kRefs = 'R';
-
-const std::set<std::string>& KnownOps() {
-  static const std::set<std::string> ops = {"begin",  "ready",     "restore", "restored", "want", "pushed",
-                                            "delivered", "commit", "committed", "abort", "error"};
-  return ops;
-}
 
 template <typename T>
 void Append(std::vector<uint8_t>& out, T value) {
@@ -25,11 +41,141 @@ void Append(std::vector<uint8_t>& out, T value) {
   std::memcpy(out.data() + at, &value, sizeof value);
 }
 
+// Each op's body as JSON, and back. One function per direction, so the fields of a message are
+// written and read in one place.
+struct BodyWriter {
+  json operator()(const Begin& m) const {
+    return {{"session",
+             {{"name", m.session.name},
+              {"command", m.session.command},
+              {"workdir", m.session.workdir},
+              {"started_at", m.session.started_at}}},
+            {"mode", MigrationModeName(m.mode)},
+            {"memory_bytes", m.memory_bytes}};
+  }
+  json operator()(const Restore& m) const {
+    return {{"manifest", json::parse(ManifestToJson(m.manifest))}, {"lazy", m.lazy}};
+  }
+  json operator()(const Restored& m) const {
+    json j = {{"pid", m.pid},
+              {"pages_lazy", m.pages_lazy},
+              {"restore_seconds", m.restore_seconds},
+              {"resume_seconds", m.resume_seconds}};
+    if (!m.checkpoint.empty()) j["checkpoint"] = m.checkpoint;
+    return j;
+  }
+  json operator()(const Want& m) const { return {{"task", m.task}, {"vaddr", m.vaddr}, {"pages", m.pages}}; }
+  json operator()(const Pushed& m) const { return {{"pages", m.pages}}; }
+  json operator()(const Abort& m) const { return {{"message", m.message}}; }
+  json operator()(const Error& m) const { return {{"message", m.message}}; }
+  template <typename Empty>
+  json operator()(const Empty&) const {
+    return json::object();
+  }
+};
+
+struct OpNamer {
+  std::string_view operator()(const Begin&) const { return "begin"; }
+  std::string_view operator()(const Ready&) const { return "ready"; }
+  std::string_view operator()(const Restore&) const { return "restore"; }
+  std::string_view operator()(const Restored&) const { return "restored"; }
+  std::string_view operator()(const Want&) const { return "want"; }
+  std::string_view operator()(const Pushed&) const { return "pushed"; }
+  std::string_view operator()(const Delivered&) const { return "delivered"; }
+  std::string_view operator()(const Commit&) const { return "commit"; }
+  std::string_view operator()(const Committed&) const { return "committed"; }
+  std::string_view operator()(const Abort&) const { return "abort"; }
+  std::string_view operator()(const Error&) const { return "error"; }
+};
+
+Result<Control> ReadBegin(JsonReader& r) {
+  Begin m;
+  std::string mode;
+  const json* session = r.Object("session", /*required=*/true);
+  r.Required("mode", &mode).Required("memory_bytes", &m.memory_bytes);
+  ELSA_RETURN_IF_ERROR(r.status());
+  JsonReader rs(*session, r.what() + " session", StatusCode::kProtocolError);
+  rs.Required("name", &m.session.name)
+      .Required("command", &m.session.command)
+      .Required("workdir", &m.session.workdir)
+      .Required("started_at", &m.session.started_at);
+  ELSA_RETURN_IF_ERROR(rs.status());
+  Result<MigrationMode> parsed = ParseMigrationMode(mode);
+  if (!parsed.ok()) return Status::ProtocolError(r.what() + ": unknown migration " + parsed.status().message());
+  m.mode = *parsed;
+  return Control(std::move(m));
+}
+
+Result<Control> ReadRestore(JsonReader& r) {
+  Restore m;
+  const json* manifest = r.Object("manifest", /*required=*/true);
+  r.Required("lazy", &m.lazy);
+  ELSA_RETURN_IF_ERROR(r.status());
+  Result<Manifest> parsed = ManifestFromJson(manifest->dump());
+  if (!parsed.ok()) return Status::ProtocolError(r.what() + ": " + parsed.status().message());
+  m.manifest = std::move(*parsed);
+  return Control(std::move(m));
+}
+
+Result<Control> ReadRestored(JsonReader& r) {
+  Restored m;
+  r.Required("pid", &m.pid)
+      .Optional("checkpoint", &m.checkpoint)
+      .Required("pages_lazy", &m.pages_lazy)
+      .Required("restore_seconds", &m.restore_seconds)
+      .Required("resume_seconds", &m.resume_seconds);
+  ELSA_RETURN_IF_ERROR(r.status());
+  if (m.pid <= 0) return Status::ProtocolError(r.what() + ": pid " + std::to_string(m.pid) + " is not a process");
+  if (!m.checkpoint.empty())
+    if (Status s = ValidateIdentifier("checkpoint id", m.checkpoint); !s.ok())
+      return Status::ProtocolError(r.what() + ": " + s.message());
+  return Control(std::move(m));
+}
+
+Result<Control> ReadWant(JsonReader& r) {
+  Want m;
+  ELSA_RETURN_IF_ERROR(r.Required("task", &m.task).Required("vaddr", &m.vaddr).Required("pages", &m.pages).status());
+  if (m.pages == 0) return Status::ProtocolError(r.what() + ": asks for 0 pages");
+  return Control(m);
+}
+
+template <typename T>
+Result<Control> ReadMessage(JsonReader& r) {
+  T m;
+  m.message = "(no message)";
+  ELSA_RETURN_IF_ERROR(r.Optional("message", &m.message).status());
+  return Control(std::move(m));
+}
+
+Result<Control> DecodeControl(const std::string& op, const json& body) {
+  JsonReader r(body, "peer message '" + op.substr(0, 40) + "'", StatusCode::kProtocolError);
+  if (op == "begin") return ReadBegin(r);
+  if (op == "ready") return Control(Ready{});
+  if (op == "restore") return ReadRestore(r);
+  if (op == "restored") return ReadRestored(r);
+  if (op == "want") return ReadWant(r);
+  if (op == "pushed") {
+    Pushed m;
+    ELSA_RETURN_IF_ERROR(r.Required("pages", &m.pages).status());
+    return Control(m);
+  }
+  if (op == "delivered") return Control(Delivered{});
+  if (op == "commit") return Control(Commit{});
+  if (op == "committed") return Control(Committed{});
+  if (op == "abort") return ReadMessage<Abort>(r);
+  if (op == "error") return ReadMessage<Error>(r);
+  return Status::ProtocolError("unknown control op \"" + op.substr(0, 40) + "\"");
+}
+
 }  // namespace
 
-std::vector<uint8_t> EncodeControl(const std::string& op, nlohmann::json body) {
-  body["op"] = op;
-  const std::string text = body.dump();
+std::string_view OpName(const Control& control) { return std::visit(OpNamer{}, control); }
+
+std::vector<uint8_t> EncodeControl(const Control& control) {
+  json body = std::visit(BodyWriter{}, control);
+  body["op"] = OpName(control);
+  // Replacement, not an exception, for bytes that are not UTF-8 (a message may quote CRIU's log).
+  const std::string text = body.dump(-1, ' ', false, json::error_handler_t::replace);
   std::vector<uint8_t> out;
   out.reserve(1 + text.size());
   out.push_back(kControl);
@@ -66,16 +212,14 @@ Result<Message> DecodeMessage(std::span<const uint8_t> bytes) {
   if (bytes.empty()) return Status::ProtocolError("empty peer message");
   if (bytes[0] == kControl) {
     if (bytes.size() > kMaxControlBytes) return Status::ProtocolError("control message over 1 MiB");
-    auto body = nlohmann::json::parse(bytes.begin() + 1, bytes.end(), nullptr, /*allow_exceptions=*/false);
+    json body = json::parse(bytes.begin() + 1, bytes.end(), nullptr, /*allow_exceptions=*/false);
     if (body.is_discarded() || !body.is_object()) return Status::ProtocolError("control message is not a JSON object");
     auto op = body.find("op");
     if (op == body.end() || !op->is_string()) return Status::ProtocolError("control message without an \"op\"");
-    Control c;
-    c.op = op->get<std::string>();
-    if (!KnownOps().count(c.op)) return Status::ProtocolError("unknown control op \"" + c.op.substr(0, 40) + "\"");
+    const std::string name = op->get<std::string>();
     body.erase("op");
-    c.body = std::move(body);
-    return Message(std::move(c));
+    ELSA_ASSIGN_OR_RETURN(Control control, DecodeControl(name, body));
+    return Message(std::move(control));
   }
   if (bytes[0] == kChunk) {
     uint16_t name_size = 0;

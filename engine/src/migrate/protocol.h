@@ -1,6 +1,6 @@
 // What two agents say to each other during a migration, over an authenticated transport
-// channel. Two kinds of data messages: control messages (a JSON object with an "op") and file
-// chunks (CRIU's images, streamed). Page data travels as the channel's page batches. Every
+// channel. Two kinds of data messages: control messages (a JSON object with an "op"; one struct
+// per op below) and file chunks (CRIU's images, streamed). Page data travels as the channel's page batches. Every
 // message from the network is untrusted: decoding checks everything (fuzzed: peer_message).
 //
 //   A (source)                         B (destination)
@@ -28,11 +28,12 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <variant>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
+#include "elsa/engine/manifest.h"
+#include "elsa/engine/migration_mode.h"
 #include "elsa/status.h"
 
 namespace elsa::peer {
@@ -41,11 +42,52 @@ inline constexpr uint16_t kDefaultPort = 7077;
 inline constexpr size_t kMaxControlBytes = 1u << 20;
 inline constexpr size_t kMaxChunkBytes = 4u << 20;
 
-struct Control {
-  // begin, ready, restore, restored, want, pushed, delivered, commit, committed, abort, error
-  std::string op;
-  nlohmann::json body;
+// The control messages, one struct each. Decoded once, in DecodeMessage: every field the sender
+// must send is checked for presence and type there, so the two halves never read a body.
+struct SessionSummary {
+  std::string name;
+  std::vector<std::string> command;
+  std::string workdir;
+  std::string started_at;
 };
+struct Begin {
+  SessionSummary session;
+  MigrationMode mode = MigrationMode::kHybrid;
+  uint64_t memory_bytes = 0;  // the tree's resident memory: B refuses what it cannot hold
+};
+struct Ready {};
+struct Restore {
+  Manifest manifest;  // its id is the source's placeholder; B names the checkpoint it commits
+  bool lazy = true;
+};
+struct Restored {
+  int32_t pid = 0;          // the restored tree's root, on B
+  std::string checkpoint;   // precopy: the checkpoint B committed and restored from
+  uint64_t pages_lazy = 0;  // pages the session got after it started running
+  double restore_seconds = 0;
+  double resume_seconds = 0;  // CRIU's post-restore -> the tree runs
+};
+struct Want {  // a fault B's session waits on
+  uint32_t task = 0;
+  uint64_t vaddr = 0;
+  uint64_t pages = 1;
+};
+struct Pushed {
+  uint64_t pages = 0;  // every lazy page has been sent, as bytes or as a ref
+};
+struct Delivered {};
+struct Commit {};
+struct Committed {};
+struct Abort {  // the source gives up; B ends its copy
+  std::string message;
+};
+struct Error {  // the sender failed; the conversation is over
+  std::string message;
+};
+using Control = std::variant<Begin, Ready, Restore, Restored, Want, Pushed, Delivered, Commit, Committed, Abort, Error>;
+
+// The op's name on the wire ("begin", "restored", ...).
+std::string_view OpName(const Control& control);
 
 // "This lazy page has this content, which you hold": post-copy without resending the bytes.
 struct PageRef {
@@ -62,13 +104,26 @@ struct FileChunk {
   std::vector<uint8_t> data;
 };
 
-std::vector<uint8_t> EncodeControl(const std::string& op, nlohmann::json body = nlohmann::json::object());
+std::vector<uint8_t> EncodeControl(const Control& control);
 std::vector<uint8_t> EncodeFileChunk(const std::string& name, uint64_t offset, bool last, std::span<const uint8_t> data);
 std::vector<uint8_t> EncodePageRefs(std::span<const PageRef> refs);  // at most kMaxRefsPerMessage
 
 using Message = std::variant<Control, FileChunk, std::vector<PageRef>>;
-// A control message, a file chunk or page refs; ProtocolError naming what is wrong otherwise.
+// A control message, a file chunk or page refs; ProtocolError naming what is wrong otherwise
+// (an unknown op, a missing field, a field of the wrong type or out of range).
 Result<Message> DecodeMessage(std::span<const uint8_t> bytes);
+
+// The control message a step waits for, as its type: the peer's `error` becomes ExternalFailure
+// with its message, the source's `abort` too; any other op is a ProtocolError naming `during`.
+template <typename T>
+Result<T> Expect(Result<Control> received, std::string_view during) {
+  if (!received.ok()) return received.status();
+  if (T* wanted = std::get_if<T>(&*received)) return std::move(*wanted);
+  if (const Error* e = std::get_if<Error>(&*received)) return Status::ExternalFailure("the other agent: " + e->message);
+  if (const Abort* a = std::get_if<Abort>(&*received)) return Status::ExternalFailure("the source gave up: " + a->message);
+  return Status::ProtocolError("unexpected '" + std::string(OpName(*received)) + "' " + std::string(during) +
+                               " (expected '" + std::string(OpName(Control(T{}))) + "')");
+}
 
 // "HOST[:PORT]" (IPv4 or a name; [v6]:port) -> host, port (default kDefaultPort).
 Result<std::pair<std::string, uint16_t>> ParseHostPort(const std::string& text);

@@ -3,48 +3,12 @@
 #include <nlohmann/json.hpp>
 
 #include "elsa/file_util.h"
+#include "elsa/json_reader.h"
 
 namespace elsa {
 namespace {
 
 using nlohmann::json;
-
-// Typed field access that turns a missing or mistyped field into a Corruption status.
-class Reader {
- public:
-  explicit Reader(const json& obj) : obj_(obj) {}
-
-  template <typename T>
-  bool Get(const char* key, T* out) {
-    auto it = obj_.find(key);
-    if (it == obj_.end()) return Fail(std::string("missing field '") + key + "'");
-    if constexpr (std::is_same_v<T, std::string>) {
-      if (!it->is_string()) return Fail(std::string("field '") + key + "' is not a string");
-    } else if constexpr (std::is_same_v<T, bool>) {
-      if (!it->is_boolean()) return Fail(std::string("field '") + key + "' is not a boolean");
-    } else if constexpr (std::is_floating_point_v<T>) {
-      if (!it->is_number()) return Fail(std::string("field '") + key + "' is not a number");
-    } else if constexpr (std::is_integral_v<T>) {
-      if (!it->is_number_integer()) return Fail(std::string("field '") + key + "' is not an integer");
-    } else {
-      if (!it->is_array()) return Fail(std::string("field '") + key + "' is not an array");
-      for (const auto& e : *it)
-        if (!e.is_string()) return Fail(std::string("field '") + key + "' must hold strings");
-    }
-    *out = it->get<T>();
-    return true;
-  }
-
-  bool Fail(std::string why) {
-    if (error_.empty()) error_ = std::move(why);
-    return false;
-  }
-  const std::string& error() const { return error_; }
-
- private:
-  const json& obj_;
-  std::string error_;
-};
 
 bool IsPlainFileName(const std::string& name) {
   return !name.empty() && name.size() <= 255 && name != "." && name != ".." &&
@@ -106,45 +70,50 @@ Result<Manifest> ManifestFromJson(std::string_view text) {
   if (j.is_discarded()) return Status::Corruption("manifest is not valid JSON");
   if (!j.is_object()) return Status::Corruption("manifest is not a JSON object");
   Manifest m;
-  Reader r(j);
+  JsonReader r(j, "manifest", StatusCode::kCorruption);
   std::string format;
-  if (!r.Get("format", &format)) return Status::Corruption("manifest: " + r.error());
+  ELSA_RETURN_IF_ERROR(r.Required("format", &format).status());
   if (format != Manifest::kFormat)
     return Status::Corruption("manifest format '" + format + "' is not " + std::string(Manifest::kFormat));
-  bool ok = r.Get("id", &m.id) && r.Get("created_at", &m.created_at) && r.Get("host", &m.host) &&
-            r.Get("kernel", &m.kernel) && r.Get("criu_version", &m.criu_version) &&
-            r.Get("leave_running", &m.leave_running) && r.Get("dump_seconds", &m.dump_seconds) &&
-            r.Get("network_lock_table", &m.network_lock_table);
-  if (!ok) return Status::Corruption("manifest: " + r.error());
+  r.Required("id", &m.id)
+      .Required("created_at", &m.created_at)
+      .Required("host", &m.host)
+      .Required("kernel", &m.kernel)
+      .Required("criu_version", &m.criu_version)
+      .Required("leave_running", &m.leave_running)
+      .Required("dump_seconds", &m.dump_seconds)
+      .Required("network_lock_table", &m.network_lock_table);
+  ELSA_RETURN_IF_ERROR(r.status());
   if (Status s = ValidateIdentifier("checkpoint id", m.id); !s.ok()) return Status::Corruption("manifest: " + s.message());
 
-  auto session = j.find("session");
-  if (session == j.end() || !session->is_object()) return Status::Corruption("manifest: missing object 'session'");
-  Reader rs(*session);
-  ok = rs.Get("name", &m.session_name) && rs.Get("command", &m.command) && rs.Get("workdir", &m.workdir) &&
-       rs.Get("started_at", &m.session_started_at) && rs.Get("source_pid", &m.source_pid) &&
-       rs.Get("output_pipes", &m.output_pipes);
-  if (!ok) return Status::Corruption("manifest session: " + rs.error());
+  const json* session = r.Object("session", /*required=*/true);
+  ELSA_RETURN_IF_ERROR(r.status());
+  JsonReader rs(*session, "manifest session", StatusCode::kCorruption);
+  rs.Required("name", &m.session_name)
+      .Required("command", &m.command)
+      .Required("workdir", &m.workdir)
+      .Required("started_at", &m.session_started_at)
+      .Required("source_pid", &m.source_pid)
+      .Required("output_pipes", &m.output_pipes);
+  ELSA_RETURN_IF_ERROR(rs.status());
   if (Status s = ValidateIdentifier("session name", m.session_name); !s.ok())
     return Status::Corruption("manifest: " + s.message());
 
   // Checkpoints from before the page store have no "pages": their pages images are files here.
-  if (auto pages = j.find("pages"); pages != j.end()) {
-    if (!pages->is_object()) return Status::Corruption("manifest: 'pages' is not an object");
-    Reader rp(*pages);
-    if (!(rp.Get("in_store", &m.pages_in_store) && rp.Get("count", &m.pages) && rp.Get("new", &m.pages_new)))
-      return Status::Corruption("manifest pages: " + rp.error());
+  if (const json* pages = r.Object("pages", /*required=*/false)) {
+    JsonReader rp(*pages, "manifest pages", StatusCode::kCorruption);
+    ELSA_RETURN_IF_ERROR(
+        rp.Required("in_store", &m.pages_in_store).Required("count", &m.pages).Required("new", &m.pages_new).status());
   }
+  ELSA_RETURN_IF_ERROR(r.status());
 
   auto files = j.find("files");
   if (files == j.end() || !files->is_array()) return Status::Corruption("manifest: missing array 'files'");
   for (const auto& f : *files) {
-    if (!f.is_object()) return Status::Corruption("manifest: a 'files' entry is not an object");
-    Reader rf(f);
+    JsonReader rf(f, "manifest file entry", StatusCode::kCorruption);
     ManifestFile entry;
     std::string hex;
-    if (!(rf.Get("name", &entry.name) && rf.Get("size", &entry.size) && rf.Get("xxh3", &hex)))
-      return Status::Corruption("manifest file entry: " + rf.error());
+    ELSA_RETURN_IF_ERROR(rf.Required("name", &entry.name).Required("size", &entry.size).Required("xxh3", &hex).status());
     if (!IsPlainFileName(entry.name))
       return Status::Corruption("manifest names file '" + entry.name + "', which is not a plain file name");
     if (!ParseHexU64(hex, &entry.xxh3))
