@@ -360,8 +360,11 @@ Result<CheckpointReport> Agent::Checkpoint(const std::string& name, bool leave_r
     manifest.pages_in_store = true;
     manifest.pages = received->pages_present;
     manifest.pages_new = received->pages_new;
-    Report(progress, "pages", std::to_string(received->pages_present) + " pages, " +
-                                  std::to_string(received->pages_new) + " new to the store");
+    ProgressEvent stored = ProgressEvent::Of("pages", std::to_string(received->pages_present) + " pages, " +
+                                      std::to_string(received->pages_new) + " new to the store");
+    stored.pages = received->pages_present;
+    stored.bytes_done = received->pages_new * page_server::kPageSize;
+    Report(progress, std::move(stored));
     CheckpointReport out;
     out.dump_seconds = outcome.seconds;
     out.criu_events = outcome.notifications;
@@ -421,8 +424,10 @@ Result<RestoreReport> Agent::RestoreReserved(const std::string& checkpoint_id, c
     out.checkpoint_id = checkpoint_id;
     out.lazy = lazy;
     const std::string checkpoint_dir = store_.PathOf(checkpoint_id);
-    Report(progress, "verify", "checking " + std::to_string(manifest.files.size()) + " files (" +
-                                   std::to_string(manifest.TotalBytes()) + " bytes) against the manifest");
+    ProgressEvent verifying = ProgressEvent::Of("verify", "checking " + std::to_string(manifest.files.size()) + " files (" +
+                                          std::to_string(manifest.TotalBytes()) + " bytes) against the manifest");
+    verifying.bytes_total = manifest.TotalBytes();
+    Report(progress, std::move(verifying));
     const auto verify_start = Clock::now();
     ELSA_RETURN_IF_ERROR(store_.Verify(manifest));
     // An eager restore reads and checks every page as it writes the images; a lazy one checks
@@ -438,8 +443,10 @@ Result<RestoreReport> Agent::RestoreReserved(const std::string& checkpoint_id, c
     ELSA_ASSIGN_OR_RETURN(ScopedPath cleanup, ScopedPath::MakeDirectory(staging));
     std::string images_dir = checkpoint_dir;
     if (manifest.pages_in_store) {
-      Report(progress, "pages", lazy ? "writing the pages CRIU needs first; the rest will be served lazily"
-                                             : "writing " + std::to_string(manifest.pages) + " pages from the store");
+      ProgressEvent writing = ProgressEvent::Of("pages", lazy ? "writing the pages CRIU needs first; the rest will be served lazily"
+                                          : "writing " + std::to_string(manifest.pages) + " pages from the store");
+      writing.pages = manifest.pages;
+      Report(progress, std::move(writing));
       const auto materialize_start = Clock::now();
       ELSA_ASSIGN_OR_RETURN(page_server::MaterializeStats made,
                             pages_->Materialize(checkpoint_dir, staging, lazy));

@@ -4,7 +4,9 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -13,7 +15,6 @@
 #include <chrono>
 #include <cstdlib>
 #include <sstream>
-#include <thread>
 
 #include "criu/criu_options.h"
 #include "elsa/child_process.h"
@@ -278,17 +279,30 @@ Result<ChildProcess> CriuDriver::StartLazyPages(const std::string& dir, const st
   ELSA_ASSIGN_OR_RETURN(ChildProcess daemon,
                         ChildProcess::Spawn({binary_, "lazy-pages", "--page-server", "--address", address, "--port",
                                              std::to_string(port), "-D", dir, "-W", dir, "-v4", "-o", kLazyPagesLog}));
-  // It is ready once its socket exists; the restore connects to it there.
+  // It is ready once its socket exists; the restore connects to it there. Woken by the socket's
+  // creation (inotify) or the daemon's exit (pidfd), not by a polling tick: this is on a lazy
+  // restore's path to a running session.
+  const std::string socket_path = dir + "/lazy-pages.socket";
+  UniqueFd watch(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
+  if (!watch || ::inotify_add_watch(watch.get(), dir.c_str(), IN_CREATE | IN_MOVED_TO) < 0)
+    return Status::FromErrno("watching " + dir + " for criu lazy-pages' socket", errno);
+  UniqueFd exited(static_cast<int>(::syscall(SYS_pidfd_open, daemon.pid(), 0)));
+  if (!exited) return Status::FromErrno("pidfd_open for criu lazy-pages", errno);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  while (::access((dir + "/lazy-pages.socket").c_str(), F_OK) != 0) {
+  while (::access(socket_path.c_str(), F_OK) != 0) {
     if (auto status = daemon.TryWait()) {
       std::string msg = "criu lazy-pages " + DescribeWaitStatus(*status) + " before listening";
       if (auto log = ReadFile(dir + "/" + kLazyPagesLog); log.ok()) msg += "\nfrom its log:\n" + SummarizeCriuLog(*log);
       return Status::ExternalFailure(msg);
     }
-    if (std::chrono::steady_clock::now() > deadline)
-      return Status::Timeout("criu lazy-pages did not listen in " + dir + " within 30 s");
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return Status::Timeout("criu lazy-pages did not listen in " + dir + " within 30 s");
+    pollfd fds[2] = {{watch.get(), POLLIN, 0}, {exited.get(), POLLIN, 0}};
+    if (::poll(fds, 2, static_cast<int>(left.count())) < 0 && errno != EINTR)
+      return Status::FromErrno("waiting for criu lazy-pages", errno);
+    char drain[4096];
+    while (::read(watch.get(), drain, sizeof drain) > 0) {
+    }
   }
   return daemon;
 }

@@ -23,13 +23,20 @@ struct ProgressEvent {
   std::optional<double> rate_bytes_per_s;   // of this phase
   std::optional<double> eta_seconds;        // of this phase
   std::optional<double> seconds;            // how long the phase (or the round) took, once it ended
+
+  static ProgressEvent Of(std::string phase, std::string detail) {
+    ProgressEvent event;
+    event.phase = std::move(phase);
+    event.detail = std::move(detail);
+    return event;
+  }
 };
 
 using ProgressFn = std::function<void(const ProgressEvent& event)>;
 
 // A plain event: a phase and a sentence.
 inline void Report(const ProgressFn& progress, std::string phase, std::string detail) {
-  if (progress) progress(ProgressEvent{std::move(phase), std::move(detail), {}, {}, {}, {}, {}, {}, {}});
+  if (progress) progress(ProgressEvent::Of(std::move(phase), std::move(detail)));
 }
 inline void Report(const ProgressFn& progress, ProgressEvent event) {
   if (progress) progress(event);
