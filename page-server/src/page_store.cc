@@ -85,7 +85,8 @@ PageHash HashPage(const uint8_t* page) {
   return {h.low64, h.high64};
 }
 
-PageStore::PageStore(std::string dir, uint64_t segment_bytes) : dir_(std::move(dir)), segment_bytes_(segment_bytes) {}
+PageStore::PageStore(std::string dir, uint64_t segment_bytes, Logger log)
+    : dir_(std::move(dir)), segment_bytes_(segment_bytes), log_(std::move(log)) {}
 
 std::string PageStore::SegmentPath(uint32_t number) const {
   char name[32];
@@ -93,9 +94,9 @@ std::string PageStore::SegmentPath(uint32_t number) const {
   return dir_ + "/" + name;
 }
 
-Result<std::unique_ptr<PageStore>> PageStore::Open(const std::string& dir, uint64_t segment_bytes) {
+Result<std::unique_ptr<PageStore>> PageStore::Open(const std::string& dir, uint64_t segment_bytes, Logger log) {
   ELSA_RETURN_IF_ERROR(MakeDirs(dir, 0700));
-  auto store = std::make_unique<PageStore>(dir, segment_bytes);
+  auto store = std::make_unique<PageStore>(dir, segment_bytes, std::move(log));
   ELSA_RETURN_IF_ERROR(store->Scan());
   return store;
 }
@@ -136,12 +137,12 @@ Status PageStore::Scan() {
         // the damage is left on disk, unindexed, never served (a checkpoint that needs it fails
         // verification by name). The newest is cut back so that appends resume after good data.
         if (!newest) {
-          std::fprintf(stderr, "page store: %s is damaged at byte %llu; its records from there on are not served\n",
-                       SegmentPath(number).c_str(), static_cast<unsigned long long>(offset));
+          log_.Warning("page store: " + SegmentPath(number) + " is damaged at byte " + std::to_string(offset) +
+                       "; its records from there on are not served");
           break;
         }
-        std::fprintf(stderr, "page store: cutting a torn record off %s at byte %llu\n", SegmentPath(number).c_str(),
-                     static_cast<unsigned long long>(offset));
+        log_.Warning("page store: cutting a torn record off " + SegmentPath(number) + " at byte " +
+                     std::to_string(offset));
         if (::truncate(SegmentPath(number).c_str(), static_cast<off_t>(offset)) != 0)
           return Status::FromErrno("truncate " + SegmentPath(number), errno);
         break;

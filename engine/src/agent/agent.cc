@@ -91,7 +91,7 @@ struct Agent::Session {
 };
 
 Agent::Agent(AgentConfig config)
-    : config_(std::move(config)), store_(config_.state_dir + "/checkpoints"), host_(std::make_unique<Host>(*this)) {}
+    : config_(std::move(config)), store_(config_.state_dir + "/checkpoints", config_.log), host_(std::make_unique<Host>(*this)) {}
 
 Agent::~Agent() {
   // Lazily restored sessions get all their pages before the agent goes: cutting them off would
@@ -111,7 +111,7 @@ Status Agent::Open() {
   ELSA_RETURN_IF_ERROR(MakeDirs(config_.state_dir + "/sessions", 0700));
   ELSA_RETURN_IF_ERROR(MakeDirs(config_.state_dir + "/run", 0700));
   ELSA_RETURN_IF_ERROR(store_.Open());
-  ELSA_ASSIGN_OR_RETURN(pages_, CheckpointPages::Open(config_.state_dir + "/pages"));
+  ELSA_ASSIGN_OR_RETURN(pages_, CheckpointPages::Open(config_.state_dir + "/pages", config_.log));
   return Status::Ok();
 }
 

@@ -33,8 +33,8 @@ void Poke(uint16_t port) {
 
 }  // namespace
 
-Result<std::unique_ptr<CheckpointPages>> CheckpointPages::Open(const std::string& dir) {
-  ELSA_ASSIGN_OR_RETURN(auto store, page_server::PageStore::Open(dir));
+Result<std::unique_ptr<CheckpointPages>> CheckpointPages::Open(const std::string& dir, Logger log) {
+  ELSA_ASSIGN_OR_RETURN(auto store, page_server::PageStore::Open(dir, page_server::PageStore::kSegmentBytes, std::move(log)));
   return std::make_unique<CheckpointPages>(std::move(store));
 }
 

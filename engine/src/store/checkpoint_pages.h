@@ -73,7 +73,7 @@ class LazyPageSupply {
 
 class CheckpointPages {
  public:
-  static Result<std::unique_ptr<CheckpointPages>> Open(const std::string& dir);
+  static Result<std::unique_ptr<CheckpointPages>> Open(const std::string& dir, Logger log = Logger());
 
   // A dump's pages arriving through our receiver into the store (or into `sink`, e.g. on to
   // another host; refs files are written either way).

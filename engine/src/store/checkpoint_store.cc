@@ -69,14 +69,14 @@ Result<Manifest> PendingCheckpoint::Commit(Manifest manifest, bool keep_on_failu
   return result;
 }
 
-CheckpointStore::CheckpointStore(std::string root) : root_(std::move(root)) {}
+CheckpointStore::CheckpointStore(std::string root, Logger log) : root_(std::move(root)), log_(std::move(log)) {}
 
 Status CheckpointStore::Open() {
   ELSA_RETURN_IF_ERROR(MakeDirs(root_, 0700));
   ELSA_ASSIGN_OR_RETURN(std::vector<std::string> names, ListDirectory(root_));
   for (const auto& name : names) {
     if (name.rfind(kPendingPrefix, 0) == 0 || name.rfind(kTrashPrefix, 0) == 0) {
-      std::fprintf(stderr, "checkpoint store: removing leftover %s/%s\n", root_.c_str(), name.c_str());
+      log_.Info("checkpoint store: removing leftover " + root_ + "/" + name);
       ELSA_RETURN_IF_ERROR(RemoveTree(root_ + "/" + name));
     }
   }
@@ -139,7 +139,7 @@ Result<std::vector<Manifest>> CheckpointStore::List() const {
     auto m = Load(name);
     if (!m.ok()) {
       // An unreadable checkpoint is reported, not hidden: list it with what we know.
-      std::fprintf(stderr, "checkpoint store: %s\n", m.status().message().c_str());
+      log_.Warning("checkpoint store: " + m.status().message());
       Manifest broken;
       broken.id = name;
       broken.session_name = "?";

@@ -45,6 +45,7 @@ struct AgentConfig {
 
   transport::ChannelOptions PeerChannelOptions() const {
     transport::ChannelOptions options;
+    options.log = log;
     options.secret = peer_secret;
     options.streams = peer_streams;
     options.io_timeout = std::chrono::milliseconds(peer_timeout_ms);
