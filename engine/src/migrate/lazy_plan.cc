@@ -38,7 +38,7 @@ Result<LazyPlan> LazyPlan::FromImages(const std::string& images_dir) {
     std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.vaddr < b.vaddr; });
     uint64_t end = 0;
     for (const auto& e : entries) {
-      if (e.nr_pages == 0 || e.vaddr % page_server::kPageSize != 0 || e.vaddr < end ||
+      if (e.nr_pages == 0 || e.vaddr % page_server::kPageSize != 0 || e.vaddr < end || e.vaddr >= kUserSpaceEnd ||
           e.nr_pages > (kUserSpaceEnd - e.vaddr) / page_server::kPageSize)
         return Status::Corruption("pagemap-" + std::to_string(pid) + ".img: lazy pages at 0x" + HexU64(e.vaddr) +
                                   " overlap, are unaligned, or lie outside user space");
