@@ -21,6 +21,13 @@
 
 namespace elsa {
 
+// JSON text that never throws: a string holding bytes that are not UTF-8 (a file name in a CRIU
+// log, a user's argument) has them replaced (U+FFFD) instead of making dump() throw. Every JSON
+// Elsa writes goes through here.
+inline std::string DumpJson(const nlohmann::json& value, int indent = -1) {
+  return value.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 class JsonReader {
  public:
   // `what` names the object in error messages; errors carry `code`. A non-object is an error.

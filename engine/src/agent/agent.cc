@@ -2,7 +2,9 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -108,6 +110,23 @@ Agent::~Agent() {
 
 Status Agent::Open() {
   ELSA_RETURN_IF_ERROR(MakeDirs(config_.state_dir, 0700));
+  // One agent per state directory: a second one would take the first one's in-flight work for
+  // leftovers of a crash and delete it. The lock goes with this process, however it ends.
+  const std::string lock_path = config_.state_dir + "/elsad.lock";
+  UniqueFd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!lock) return Status::FromErrno("open " + lock_path, errno);
+  if (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK) return Status::FromErrno("lock " + lock_path, errno);
+    Result<std::string> read = ReadFile(lock_path, 64);
+    const std::string holder = read.ok() ? *read : std::string();
+    return Status::AlreadyExists("another elsad" + (holder.empty() ? std::string() : " (pid " + holder + ")") +
+                                 " uses the state directory " + config_.state_dir +
+                                 ": stop it, or give this one its own --state-dir");
+  }
+  const std::string pid = std::to_string(::getpid());
+  if (::ftruncate(lock.get(), 0) != 0 || ::pwrite(lock.get(), pid.data(), pid.size(), 0) < 0)
+    return Status::FromErrno("write " + lock_path, errno);
+  state_lock_ = std::move(lock);
   ELSA_RETURN_IF_ERROR(MakeDirs(config_.state_dir + "/sessions", 0700));
   ELSA_RETURN_IF_ERROR(MakeDirs(config_.state_dir + "/run", 0700));
   ELSA_RETURN_IF_ERROR(store_.Open());
@@ -343,6 +362,8 @@ Result<CheckpointReport> Agent::Checkpoint(const std::string& name, bool leave_r
     std::string id = NewCheckpointId(name);
     ELSA_ASSIGN_OR_RETURN(PendingCheckpoint pending, store_.Begin(id));
     ELSA_ASSIGN_OR_RETURN(UniqueFd dir_fd, OpenDirectory(pending.dir()));
+    // From the dump's first page until the manifest names them all, no collection may run.
+    PagesPin pin = pages_->Pin();
 
     Manifest manifest = ManifestFor(info, criu_version);
     manifest.leave_running = leave_running;
@@ -552,11 +573,14 @@ Result<Manifest> Agent::VerifyCheckpoint(const std::string& checkpoint_id) const
 }
 
 Result<CollectReport> Agent::CollectGarbage() {
-  ELSA_ASSIGN_OR_RETURN(std::vector<Manifest> all, store_.List());
-  std::vector<std::string> dirs;
-  for (const Manifest& m : all)
-    if (m.pages_in_store) dirs.push_back(store_.PathOf(m.id));
-  return pages_->Collect(dirs);
+  // Listed once collection has its gate: a checkpoint that committed while it waited counts.
+  return pages_->Collect([this]() -> Result<std::vector<std::string>> {
+    ELSA_ASSIGN_OR_RETURN(std::vector<Manifest> all, store_.List());
+    std::vector<std::string> dirs;
+    for (const Manifest& m : all)
+      if (m.pages_in_store) dirs.push_back(store_.PathOf(m.id));
+    return dirs;
+  });
 }
 
 Agent::PageStoreReport Agent::PageStoreStats() const {

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "elsa/engine/api.h"
+#include "elsa/json_reader.h"
 
 namespace elsa {
 
@@ -27,7 +28,7 @@ Result<json> CallAgent(const std::string& socket_path, const json& request, cons
                                "). Start it as root with `elsad --daemon` (or `elsad` in a terminal), "
                                "using the same --socket if you changed it.");
   }
-  std::string line = request.dump() + "\n";
+  std::string line = DumpJson(request) + "\n";
   for (std::string_view rest = line; !rest.empty();) {
     ssize_t n = ::send(fd.get(), rest.data(), rest.size(), MSG_NOSIGNAL);
     if (n < 0) {

@@ -111,8 +111,7 @@ json ExecuteRequest(Agent& agent, const ApiRequest& req, const EventFn& emit, co
 }
 
 bool WriteLine(int fd, const json& j) {
-  // Replacement, not an exception, for bytes that are not UTF-8 (messages quote CRIU logs).
-  std::string line = j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+  std::string line = DumpJson(j) + "\n";  // messages quote CRIU's logs: any bytes at all
   std::string_view rest = line;
   while (!rest.empty()) {
     ssize_t n = ::send(fd, rest.data(), rest.size(), MSG_NOSIGNAL);
@@ -231,7 +230,10 @@ Status ApiServer::Listen() {
   sockaddr_un addr{};
   if (socket_path_.size() >= sizeof addr.sun_path) return Status::InvalidArgument("socket path too long: " + socket_path_);
   const std::string dir = std::filesystem::path(socket_path_).parent_path();
-  ELSA_RETURN_IF_ERROR(MakeDirs(dir, 0700));
+  // A directory of our own is made root-only; one that exists (/tmp, /run) is left as it is:
+  // the socket's own mode (0600) and the peer's uid keep others out.
+  std::error_code exists_ec;
+  if (!std::filesystem::exists(dir, exists_ec)) ELSA_RETURN_IF_ERROR(MakeDirs(dir, 0700));
   // Another live agent on this socket? Then refuse rather than steal it.
   auto probe = CallAgent(socket_path_, {{"op", "version"}});
   if (probe.ok()) return Status::AlreadyExists("an Elsa agent already serves " + socket_path_);

@@ -8,6 +8,7 @@
 #include <iostream>
 
 #include "elsa/engine/api.h"
+#include "elsa/json_reader.h"
 
 namespace {
 
@@ -56,7 +57,7 @@ class Cli {
     });
     if (!result.ok()) {
       if (json_) {
-        std::cout << elsa::ErrorJson(result.status()).dump(2) << "\n";
+        std::cout << elsa::DumpJson(elsa::ErrorJson(result.status()), 2) << "\n";
       } else {
         std::fprintf(stderr, "elsa: %s\n", result.status().message().c_str());
       }
@@ -66,7 +67,7 @@ class Cli {
   }
 
   bool json_output() const { return json_; }
-  void PrintJson(const nlohmann::json& j) const { std::cout << j.dump(2) << "\n"; }
+  void PrintJson(const nlohmann::json& j) const { std::cout << elsa::DumpJson(j, 2) << "\n"; }
 
  private:
   std::string socket_;

@@ -96,6 +96,7 @@ Status MigrationDestination::Begin() {
                                       ", and " + room.limited_by + " leaves " + MiB(room.bytes));
   ELSA_ASSIGN_OR_RETURN(NameReservation reserved, NameReservation::Take(host_, name));
   name_.emplace(std::move(reserved));
+  pin_ = host_.pages().Pin();
   // Post-copy images are restored as they are; pre-copy ones become a checkpoint first.
   if (IsPostcopy(begin_.mode)) {
     ELSA_ASSIGN_OR_RETURN(incoming_, ScopedPath::MakeDirectory(host_.config().state_dir + "/run/incoming-" + name));

@@ -19,6 +19,7 @@
 #include "elsa/transport/transport.h"
 #include "migrate/host.h"
 #include "migrate/protocol.h"
+#include "store/checkpoint_pages.h"
 
 namespace elsa {
 
@@ -52,6 +53,7 @@ class MigrationDestination {
 
   peer::Begin begin_;
   std::optional<NameReservation> name_;
+  PagesPin pin_;  // no collection while this migration's pages are not yet named by a checkpoint
   std::optional<PendingCheckpoint> pending_;  // precopy: the images become a checkpoint here
   ScopedPath incoming_;                       // post-copy: the images, until the lazy daemon has them
   std::string images_dir_;

@@ -111,7 +111,7 @@ Result<Control> ReadRestore(JsonReader& r) {
   const json* manifest = r.Object("manifest", /*required=*/true);
   r.Required("lazy", &m.lazy);
   ELSA_RETURN_IF_ERROR(r.status());
-  Result<Manifest> parsed = ManifestFromJson(manifest->dump());
+  Result<Manifest> parsed = ManifestFromJson(DumpJson(*manifest));
   if (!parsed.ok()) return Status::ProtocolError(r.what() + ": " + parsed.status().message());
   m.manifest = std::move(*parsed);
   return Control(std::move(m));
@@ -174,8 +174,7 @@ std::string_view OpName(const Control& control) { return std::visit(OpNamer{}, c
 std::vector<uint8_t> EncodeControl(const Control& control) {
   json body = std::visit(BodyWriter{}, control);
   body["op"] = OpName(control);
-  // Replacement, not an exception, for bytes that are not UTF-8 (a message may quote CRIU's log).
-  const std::string text = body.dump(-1, ' ', false, json::error_handler_t::replace);
+  const std::string text = DumpJson(body);  // a message may quote CRIU's log: any bytes at all
   std::vector<uint8_t> out;
   out.reserve(1 + text.size());
   out.push_back(kControl);

@@ -51,7 +51,7 @@ Result<page_server::ReceiverStats> PageIntake::Finish(bool dump_succeeded) {
 Result<std::unique_ptr<PageIntake>> CheckpointPages::StartIntake(const std::string& checkpoint_dir,
                                                                   page_server::PageSink* sink) {
   auto intake = std::make_unique<PageIntake>();
-  intake->hold_ = std::shared_lock(collect_mu_);
+  intake->hold_ = gate_.Hold();
   ELSA_ASSIGN_OR_RETURN(intake->receiver_, page_server::PageReceiver::Listen(intake->address_, 0, checkpoint_dir,
                                                                               sink ? sink : store_.get()));
   intake->port_ = intake->receiver_->port();
@@ -68,7 +68,7 @@ Result<size_t> CheckpointPages::Put(const uint8_t* pages, size_t count) {
 }
 
 Result<size_t> CheckpointPages::Put(const uint8_t* pages, size_t count, PageHash* hashes) {
-  std::shared_lock hold(collect_mu_);
+  PagesPin hold = gate_.Hold();
   return store_->PutBatch(pages, count, hashes);
 }
 
@@ -89,7 +89,7 @@ Status CheckpointPages::VerifyPages(const std::string& checkpoint_dir, bool read
 
 Result<page_server::MaterializeStats> CheckpointPages::Materialize(const std::string& checkpoint_dir,
                                                                    const std::string& staging, bool lazy) const {
-  std::shared_lock hold(collect_mu_);
+  PagesPin hold = gate_.Hold();
   return page_server::MaterializeImages(*store_, checkpoint_dir, staging,
                                        lazy ? page_server::RestoreImages::kLazy : page_server::RestoreImages::kEager);
 }
@@ -135,7 +135,7 @@ Result<std::unique_ptr<LazyPageSupply>> CheckpointPages::StartLazySupply(
 Result<std::unique_ptr<LazyPageSupply>> CheckpointPages::StartSupply(
     const CriuDriver& criu, std::unique_ptr<page_server::LazyPageServer> server, const std::string& staging) {
   auto supply = std::make_unique<LazyPageSupply>();
-  supply->hold_ = std::shared_lock(collect_mu_);
+  supply->hold_ = gate_.Hold();
   supply->staging_ = staging;
   supply->server_ = std::move(server);
   const uint16_t port = supply->server_->port();
@@ -150,9 +150,13 @@ Result<std::unique_ptr<LazyPageSupply>> CheckpointPages::StartSupply(
   return supply;
 }
 
-Result<CollectReport> CheckpointPages::Collect(const std::vector<std::string>& checkpoint_dirs) {
+Result<CollectReport> CheckpointPages::Collect(const LiveCheckpoints& live_checkpoints) {
+  return gate_.Exclusively([&] { return CollectExclusively(live_checkpoints); });
+}
+
+Result<CollectReport> CheckpointPages::CollectExclusively(const LiveCheckpoints& live_checkpoints) {
   const auto start = std::chrono::steady_clock::now();
-  std::unique_lock exclusive(collect_mu_);
+  ELSA_ASSIGN_OR_RETURN(std::vector<std::string> checkpoint_dirs, live_checkpoints());
   CollectReport report;
   std::unordered_set<PageHash, page_server::PageStore::HashOf> live;
   for (const std::string& dir : checkpoint_dirs) {

@@ -2,14 +2,18 @@
 // between `criu dump` and the store), gives them back for a restore (materialized images, or a
 // lazy server feeding `criu lazy-pages`), and reclaims pages no checkpoint names any more.
 //
-// Collection must never run while a dump is taking pages in or a lazy restore is reading them:
-// both hold a shared lock for as long as they run; Collect takes it exclusively.
+// Collection must never run while pages are in the store that no committed checkpoint names yet
+// (a checkpoint between its dump and its commit, an incoming migration's pre-copied pages) or
+// while a restore reads them: each holds a PagesPin for as long as that lasts, and Collect
+// waits until none is held, then lists the checkpoints that are live, under its gate.
 #pragma once
 
 #include <cstdint>
 #include <future>
 #include <memory>
-#include <shared_mutex>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -23,6 +27,72 @@
 #include "elsa/status.h"
 
 namespace elsa {
+
+// Pins and collections of one page store: any number of pins at once (a thread may hold
+// several), or one collection, never both. A collection waits for the pins to go; a pin taken
+// while one runs waits for it to end. (Not a shared_mutex: one thread often holds two pins.)
+class CollectGate {
+ public:
+  class Pin {
+   public:
+    Pin() = default;
+    Pin(Pin&& other) noexcept : gate_(other.gate_) { other.gate_ = nullptr; }
+    Pin& operator=(Pin&& other) noexcept {
+      if (this != &other) {
+        Release();
+        gate_ = other.gate_;
+        other.gate_ = nullptr;
+      }
+      return *this;
+    }
+    ~Pin() { Release(); }
+    void Release() {
+      if (gate_) gate_->Unpin();
+      gate_ = nullptr;
+    }
+
+   private:
+    friend class CollectGate;
+    explicit Pin(CollectGate* gate) : gate_(gate) {}
+    CollectGate* gate_ = nullptr;
+  };
+
+  Pin Hold() {
+    std::unique_lock lock(mu_);
+    changed_.wait(lock, [&] { return !collecting_; });
+    ++pins_;
+    return Pin(this);
+  }
+  // Runs `collect` with no pin held and none taken meanwhile.
+  template <typename Fn>
+  auto Exclusively(Fn&& collect) {
+    {
+      std::unique_lock lock(mu_);
+      changed_.wait(lock, [&] { return !collecting_ && pins_ == 0; });
+      collecting_ = true;
+    }
+    struct Done {
+      CollectGate* gate;
+      ~Done() {
+        std::lock_guard lock(gate->mu_);
+        gate->collecting_ = false;
+        gate->changed_.notify_all();
+      }
+    } done{this};
+    return collect();
+  }
+
+ private:
+  void Unpin() {
+    std::lock_guard lock(mu_);
+    if (--pins_ == 0) changed_.notify_all();
+  }
+  std::mutex mu_;
+  std::condition_variable changed_;
+  uint64_t pins_ = 0;
+  bool collecting_ = false;
+};
+using PagesPin = CollectGate::Pin;
 
 // A dump's pages arriving: start before `criu dump`, pass CRIU address() and port(), Finish after.
 class PageIntake {
@@ -45,7 +115,7 @@ class PageIntake {
 
  private:
   friend class CheckpointPages;
-  std::shared_lock<std::shared_mutex> hold_;
+  PagesPin hold_;
   std::unique_ptr<page_server::PageReceiver> receiver_;
   std::future<Result<page_server::ReceiverStats>> serving_;
   std::string address_ = "127.0.0.1";
@@ -63,7 +133,7 @@ class LazyPageSupply {
 
  private:
   friend class CheckpointPages;
-  std::shared_lock<std::shared_mutex> hold_;
+  PagesPin hold_;
   std::shared_ptr<page_server::LazyPageSource> source_;  // when the server does not own it
   std::unique_ptr<page_server::LazyPageServer> server_;
   std::future<Result<page_server::LazyServeStats>> serving_;
@@ -108,21 +178,28 @@ class CheckpointPages {
                                                       std::shared_ptr<page_server::LazyPageSource> source,
                                                       const std::string& staging);
 
-  // Drops every page none of `checkpoint_dirs` names. Refuses (deleting nothing) if any of them
-  // cannot be read: a page it names might otherwise be lost.
-  Result<CollectReport> Collect(const std::vector<std::string>& checkpoint_dirs);
+  // Holds collection off: pages put into the store meanwhile are kept until it is released,
+  // by which time a committed checkpoint names them (or nothing does, and they may go).
+  PagesPin Pin() const { return gate_.Hold(); }
+
+  // Drops every page none of the checkpoints `live` lists names, once no pin is held; `live` is
+  // asked then, so a checkpoint committed while collection waited is counted. Refuses (deleting
+  // nothing) if any of them cannot be read: a page it names might otherwise be lost.
+  using LiveCheckpoints = std::function<Result<std::vector<std::string>>()>;
+  Result<CollectReport> Collect(const LiveCheckpoints& live);
 
   page_server::PageStoreStats Stats() const { return store_->Stats(); }
 
   explicit CheckpointPages(std::unique_ptr<page_server::PageStore> store) : store_(std::move(store)) {}
 
  private:
+  Result<CollectReport> CollectExclusively(const LiveCheckpoints& live);
   Result<std::unique_ptr<LazyPageSupply>> StartSupply(const CriuDriver& criu,
                                                       std::unique_ptr<page_server::LazyPageServer> server,
                                                       const std::string& staging);
 
   std::unique_ptr<page_server::PageStore> store_;
-  mutable std::shared_mutex collect_mu_;
+  mutable CollectGate gate_;
 };
 
 }  // namespace elsa

@@ -18,6 +18,9 @@ namespace {
 
 constexpr const char* kPendingPrefix = ".pending-";
 constexpr const char* kTrashPrefix = ".trash-";
+// Next to a `.pending-ID` whose commit failed with keep_on_failure: the images there may be all
+// that is left of a session, so Open() leaves that directory for the user.
+constexpr const char* kKeptSuffix = ".kept";
 
 Result<std::vector<std::string>> ListDirectory(const std::string& dir) {
   std::vector<std::string> names;
@@ -64,7 +67,10 @@ Result<Manifest> PendingCheckpoint::Commit(Manifest manifest, bool keep_on_failu
   }();
   if (!result.ok() && !done_ && keep_on_failure) {
     done_ = true;  // keep the images: they may be all that is left of the session
-    return result.status().WithContext("commit failed; the images are kept in " + dir_);
+    Status marked = WriteFileAtomic(dir_ + kKeptSuffix, result.status().message() + "\n");
+    return result.status().WithContext("commit failed; the images are kept in " + dir_ +
+                                       (marked.ok() ? " (also across agent restarts; remove it when done)"
+                                                    : " (until the agent restarts: " + marked.message() + ")"));
   }
   return result;
 }
@@ -74,7 +80,20 @@ CheckpointStore::CheckpointStore(std::string root, Logger log) : root_(std::move
 Status CheckpointStore::Open() {
   ELSA_RETURN_IF_ERROR(MakeDirs(root_, 0700));
   ELSA_ASSIGN_OR_RETURN(std::vector<std::string> names, ListDirectory(root_));
+  const std::set<std::string> present(names.begin(), names.end());
   for (const auto& name : names) {
+    const bool marker = name.size() > std::string(kKeptSuffix).size() &&
+                        name.compare(name.size() - std::string(kKeptSuffix).size(), std::string::npos, kKeptSuffix) == 0;
+    if (marker) {
+      // A marker whose images the user has removed goes too.
+      if (!present.count(name.substr(0, name.size() - std::string(kKeptSuffix).size())))
+        ELSA_RETURN_IF_ERROR(RemoveTree(root_ + "/" + name));
+      continue;
+    }
+    if (name.rfind(kPendingPrefix, 0) == 0 && present.count(name + kKeptSuffix)) {
+      log_.Warning("checkpoint store: " + root_ + "/" + name + " holds the images of a checkpoint whose commit failed; kept");
+      continue;
+    }
     if (name.rfind(kPendingPrefix, 0) == 0 || name.rfind(kTrashPrefix, 0) == 0) {
       log_.Info("checkpoint store: removing leftover " + root_ + "/" + name);
       ELSA_RETURN_IF_ERROR(RemoveTree(root_ + "/" + name));

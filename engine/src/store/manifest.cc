@@ -62,7 +62,7 @@ std::string ManifestToJson(const Manifest& m) {
       {"total_bytes", m.TotalBytes()},
       {"files", files},
   };
-  return j.dump(2) + "\n";
+  return DumpJson(j, 2) + "\n";
 }
 
 Result<Manifest> ManifestFromJson(std::string_view text) {

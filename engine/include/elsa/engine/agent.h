@@ -176,6 +176,7 @@ class Agent {
   CheckpointStore store_;
   std::unique_ptr<CheckpointPages> pages_;
   std::unique_ptr<Host> host_;
+  UniqueFd state_lock_;  // flock of STATE_DIR/elsad.lock, for as long as this agent lives
 
   mutable std::mutex mu_;
   std::mutex dump_mu_;  // serialises CRIU dumps (see Checkpoint)
