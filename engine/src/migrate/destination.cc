@@ -89,6 +89,7 @@ Status MigrationDestination::Begin() {
   // killer here once the source is gone. 10% headroom for what the restore itself needs.
   const uint64_t memory = begin_.memory_bytes;
   const MemoryRoom room = RoomForMemory();
+  memory_room_bytes_ = room.bytes;
   log_.Info("incoming migration (" + std::string(MigrationModeName(begin_.mode)) + "): it uses " + MiB(memory) + "; " +
             room.limited_by + " leaves " + MiB(room.bytes));
   if (memory + memory / 10 > room.bytes)
@@ -176,7 +177,7 @@ Status MigrationDestination::RestoreFromCheckpoint(Manifest manifest) {
 // it exists (the session faults before its restore is even reported).
 Status MigrationDestination::RestoreWithPagesToCome(Manifest manifest) {
   ELSA_ASSIGN_OR_RETURN(CriuDriver criu, host_.Criu());
-  ELSA_ASSIGN_OR_RETURN(LazyPlan plan, LazyPlan::FromImages(images_dir_));
+  ELSA_ASSIGN_OR_RETURN(LazyPlan plan, LazyPlan::FromImages(images_dir_, memory_room_bytes_ / page_server::kPageSize));
   const uint64_t pages_lazy = plan.pages();
   auto want = [wants = wants_](uint32_t task, uint64_t vaddr, uint64_t count) { return wants->Want(task, vaddr, count); };
   source_ = std::make_shared<PostcopyPages>(std::move(plan), host_.pages(), want, patience_);

@@ -58,6 +58,7 @@ class MigrationDestination {
   ScopedPath incoming_;                       // post-copy: the images, until the lazy daemon has them
   std::string images_dir_;
   std::optional<peer::Restore> restore_;
+  uint64_t memory_room_bytes_ = UINT64_MAX;  // what this host can hold: bounds the lazy plan
   pid_t restored_pid_ = 0;  // a tree runs here: from now on a failure ends it
   std::shared_ptr<ChannelForWants> wants_;
   std::shared_ptr<PostcopyPages> source_;  // post-copy: what the lazy server answers from

@@ -40,6 +40,10 @@ Status FileReceiver::Take(const peer::FileChunk& chunk) {
   auto it = open_.find(chunk.name);
   if (it == open_.end()) {
     if (chunk.offset != 0) return Status::ProtocolError("file " + chunk.name + " does not start at offset 0");
+    // The sender finishes one file before it starts the next; a peer that opens file after file
+    // without ending them would hold one descriptor each.
+    if (open_.size() >= kMaxOpenFiles)
+      return Status::ProtocolError("more than " + std::to_string(kMaxOpenFiles) + " image files unfinished at once");
     UniqueFd fd(::open((dir_ + "/" + chunk.name).c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
     if (!fd) return Status::FromErrno("create " + dir_ + "/" + chunk.name, errno);
     it = open_.emplace(chunk.name, Open{std::move(fd), 0}).first;

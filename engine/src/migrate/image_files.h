@@ -20,6 +20,7 @@ Result<uint64_t> SendDirectoryFiles(transport::Channel& channel, const std::stri
 // Writes arriving file chunks into a directory: each file in order, no holes, no rewrites.
 class FileReceiver {
  public:
+  static constexpr size_t kMaxOpenFiles = 8;
   explicit FileReceiver(std::string dir) : dir_(std::move(dir)) {}
   Status Take(const peer::FileChunk& chunk);
   // Every file was completed (its last chunk arrived).

@@ -12,7 +12,7 @@
 namespace elsa {
 uint64_t PostcopyAddress(uint32_t task, uint64_t vaddr) { return (static_cast<uint64_t>(task) << kTaskShift) | vaddr; }
 
-Result<LazyPlan> LazyPlan::FromImages(const std::string& images_dir) {
+Result<LazyPlan> LazyPlan::FromImages(const std::string& images_dir, uint64_t max_pages) {
   std::map<uint64_t, std::vector<page_server::PagemapEntry>> lazy_by_pid;
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(images_dir, ec)) {
@@ -45,6 +45,9 @@ Result<LazyPlan> LazyPlan::FromImages(const std::string& images_dir) {
       end = e.vaddr + e.nr_pages * page_server::kPageSize;
       plan.runs_.push_back({task, e.vaddr, e.nr_pages, plan.pages_});
       plan.pages_ += e.nr_pages;
+      if (plan.pages_ > max_pages)
+        return Status::Corruption("the images' lazy pages exceed " + std::to_string(max_pages) +
+                                  " pages, more than this host could hold");
     }
   }
   if (plan.pids_.size() >= (1u << (64 - kTaskShift))) return Status::Corruption("too many processes for post-copy");

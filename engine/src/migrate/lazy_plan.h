@@ -33,7 +33,9 @@ class LazyPlan {
   };
 
   // Corruption if a pagemap cannot be read or its lazy runs overlap or lie outside user space.
-  static Result<LazyPlan> FromImages(const std::string& images_dir);
+  // More than `max_pages` lazy pages is Corruption too: the destination bounds a plan from the
+  // network by what its memory could hold (each planned page costs it 17 bytes of bookkeeping).
+  static Result<LazyPlan> FromImages(const std::string& images_dir, uint64_t max_pages = UINT64_MAX);
 
   const std::vector<uint64_t>& pids() const { return pids_; }  // by task: pids in the images
   const std::vector<Run>& runs() const { return runs_; }
