@@ -87,8 +87,8 @@ TEST(LazyPlan, OnlyProcessPagemapsCount) {
   // Shared memory is never lazy; other names are not pagemaps of a process.
   const std::vector<uint8_t> image = page_server::EncodePagemapImage(1, std::vector{Lazy(0x40 * P, 9)});
   const std::string bytes(image.begin(), image.end());
-  for (const char* name : {"pagemap-shmem-6.img", "pagemap-07.img", "pagemap-8.img.tmp", "pagemap-x.img",
-                           "pagemap-9", "pages-10.img", "xpagemap-11.img"})
+  for (const char* name : {"pagemap-shmem-6.img", "pagemap-07.img", "pagemap-8.img.tmp", "pagemap-x.img", "pagemap-9",
+                           "pages-10.img", "xpagemap-11.img"})
     testing::WriteTextFile(images / name, bytes);
   auto plan = LazyPlan::FromImages(images.path());
   ASSERT_TRUE(plan.ok()) << plan.status().message();

@@ -2,8 +2,8 @@
 // bytes say where they belong, hand-built pagemap images.
 #pragma once
 
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/uio.h>
@@ -71,7 +71,8 @@ class MemoryHolder {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
     while (static_cast<size_t>(std::count(text.begin(), text.end(), '\n')) < lines) {
       pollfd p{read_end.get(), POLLIN, 0};
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       ASSERT_GT(left.count(), 0) << "the memory holder did not report its regions: " << text;
       ASSERT_GE(::poll(&p, 1, static_cast<int>(left.count())), 0);
       char buffer[4096];
@@ -141,9 +142,7 @@ inline void WritePagemap(const std::string& images_dir, uint64_t pid,
   WriteTextFile(images_dir + "/pagemap-" + std::to_string(pid) + ".img", std::string(bytes.begin(), bytes.end()));
 }
 
-inline page_server::PagemapEntry Lazy(uint64_t vaddr, uint64_t pages) {
-  return {vaddr, pages, page_server::kPeLazy};
-}
+inline page_server::PagemapEntry Lazy(uint64_t vaddr, uint64_t pages) { return {vaddr, pages, page_server::kPeLazy}; }
 inline page_server::PagemapEntry Present(uint64_t vaddr, uint64_t pages) {
   return {vaddr, pages, page_server::kPePresent};
 }

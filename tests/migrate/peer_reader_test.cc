@@ -104,8 +104,8 @@ TEST_F(PeerReaderTest, PagesAndRefsGoToTheirHandlersAsTheyArrive) {
   auto ready = reader.NextControl(5s);
   ASSERT_TRUE(ready.ok()) << ready.status().message();
   EXPECT_TRUE(std::holds_alternative<peer::Ready>(*ready));
-  // Sent on the same stream before `ready`: already handled.
-  EXPECT_EQ(seen.batch_count(), 1u);
+  // Sent on the same stream before `ready`: already handled (what came after may be too).
+  EXPECT_GE(seen.batch_count(), 1u);
   EXPECT_EQ(seen.refs_count(), 1u);
   auto committed = reader.NextControl(5s);
   ASSERT_TRUE(committed.ok()) << committed.status().message();

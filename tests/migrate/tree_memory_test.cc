@@ -133,8 +133,8 @@ TEST(TreeMemory, TreePidsAndHostPids) {
   EXPECT_EQ(TreePids(tree.holder().pid), (std::vector<pid_t>{tree.holder().pid, tree.child().pid}));
   // Not in a PID namespace of its own: each process's pid in the tree is its pid here.
   const auto host = HostPidsByVirtualPid(tree.holder().pid);
-  EXPECT_EQ(host, (std::map<uint64_t, pid_t>{{tree.holder().pid, tree.holder().pid},
-                                             {tree.child().pid, tree.child().pid}}));
+  EXPECT_EQ(host,
+            (std::map<uint64_t, pid_t>{{tree.holder().pid, tree.holder().pid}, {tree.child().pid, tree.child().pid}}));
 }
 
 TEST(TreeMemory, TreeResidentBytesCountsWhatItsProcessesHold) {

@@ -41,7 +41,7 @@ enum class FaultAction {
 // A message as a fault rule sees it.
 struct MessageView {
   Message::Kind kind = Message::Kind::kData;
-  int stream = -1;                           // -1: a send on the next stream in turn
+  int stream = -1;                             // -1: a send on the next stream in turn
   const std::vector<uint8_t>* data = nullptr;  // kData
   const PageBatch* pages = nullptr;            // kPages
 };
@@ -52,14 +52,14 @@ inline bool IsData(const MessageView& m) { return m.kind == Message::Kind::kData
 struct FaultRule {
   Direction direction = Direction::kSend;
   FaultAction action = FaultAction::kDrop;
-  std::function<bool(const MessageView&)> match;  // none: every message
-  int skip = 0;   // matching messages let through before the first one faulted
-  int times = 1;  // matching messages faulted after those; -1: all of them
+  std::function<bool(const MessageView&)> match = {};  // none: every message
+  int skip = 0;                                        // matching messages let through before the first one faulted
+  int times = 1;                                       // matching messages faulted after those; -1: all of them
   static constexpr size_t kMiddle = std::numeric_limits<size_t>::max();
-  size_t corrupt_at = kMiddle;   // kCorrupt: the byte flipped (the middle one by default)
-  bool corrupt_address = false;  // kCorrupt of a page batch: flip its first address's top byte instead
-  std::chrono::milliseconds delay{0};              // kDelay
-  std::chrono::milliseconds close_timeout{200};    // kClose: how long Close waits for the peer's close
+  size_t corrupt_at = kMiddle;                   // kCorrupt: the byte flipped (the middle one by default)
+  bool corrupt_address = false;                  // kCorrupt of a page batch: flip its first address's top byte instead
+  std::chrono::milliseconds delay{0};            // kDelay
+  std::chrono::milliseconds close_timeout{200};  // kClose: how long Close waits for the peer's close
 };
 
 // One message that went by, faulted or not.
@@ -71,6 +71,7 @@ struct FaultRecord {
   std::vector<uint64_t> addresses;  // kPages: every page's address, as passed on
   bool faulted = false;
   FaultAction action = FaultAction::kDrop;  // if faulted
+  size_t receive_call = 0;                  // kReceive: which call of Receive (1, 2, ...) returned it
 };
 
 class FaultInjectionChannel final : public Channel {
@@ -145,19 +146,21 @@ class FaultInjectionChannel final : public Channel {
   }
 
   Result<Message> Receive(std::chrono::milliseconds timeout) override {
+    size_t call;
     {
       std::lock_guard lock(mu_);
-      receive_calls_++;
+      call = ++receive_calls_;
       cv_.notify_all();
     }
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     for (;;) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       ELSA_ASSIGN_OR_RETURN(Message message, inner_.Receive(std::max(left, std::chrono::milliseconds(0))));
       MessageView view{message.kind, message.stream, &message.data, &message.pages};
       const Fate fate = Decide(Direction::kReceive, view);
       if (fate.rule) Apply(*fate.rule, &message.data, &message.pages);
-      Record(Direction::kReceive, view, fate);
+      Record(Direction::kReceive, view, fate, call);
       if (fate.rule && fate.rule->action == FaultAction::kDrop) continue;
       if (fate.rule && fate.rule->action == FaultAction::kClose) return Closed();
       return message;
@@ -244,8 +247,9 @@ class FaultInjectionChannel final : public Channel {
     }
   }
 
-  void Record(Direction direction, const MessageView& view, const Fate& fate) {
+  void Record(Direction direction, const MessageView& view, const Fate& fate, size_t receive_call = 0) {
     FaultRecord r;
+    r.receive_call = receive_call;
     r.direction = direction;
     r.kind = view.kind;
     r.stream = view.stream;
