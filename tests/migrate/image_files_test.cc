@@ -104,6 +104,18 @@ TEST(FileReceiver, AFileThatIsAlreadyThereIsNotOverwritten) {
 
 // ---- SendDirectoryFiles -> FileReceiver ----
 
+TEST(FileReceiver, TooManyUnfinishedFilesAreRefused) {
+  // The sender ends each file before the next; a peer that only ever starts files would hold a
+  // descriptor for each.
+  TempDir dir;
+  FileReceiver files(dir.path());
+  for (size_t i = 0; i < FileReceiver::kMaxOpenFiles; ++i)
+    ASSERT_TRUE(files.Take(Chunk("open-" + std::to_string(i) + ".img", 0, false, "x")).ok()) << i;
+  ExpectProtocolError(files.Take(Chunk("one-more.img", 0, false, "x")), "unfinished at once");
+  ASSERT_TRUE(files.Take(Chunk("open-0.img", 1, true, "y")).ok());  // ending one makes room
+  EXPECT_TRUE(files.Take(Chunk("one-more.img", 0, true, "x")).ok());
+}
+
 TEST(ImageFiles, ADirectorySentArrivesWhole) {
   TempDir from, to;
   std::map<std::string, std::string> sent;

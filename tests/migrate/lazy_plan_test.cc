@@ -120,6 +120,18 @@ void ExpectCorruption(const std::vector<page_server::PagemapEntry>& entries, con
   }
 }
 
+TEST(LazyPlan, APlanLargerThanTheBoundIsRefused) {
+  // The destination bounds a plan from the network by the memory it could hold.
+  TempDir images;
+  WritePagemap(images.path(), 1, {Lazy(0x10 * P, 600)});
+  WritePagemap(images.path(), 2, {Lazy(0x10 * P, 500)});
+  EXPECT_TRUE(LazyPlan::FromImages(images.path(), 1100).ok());
+  auto refused = LazyPlan::FromImages(images.path(), 1099);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kCorruption);
+  EXPECT_NE(refused.status().message().find("1099"), std::string::npos) << refused.status().message();
+}
+
 TEST(LazyPlan, OverlappingRunsAreRefused) {
   ExpectCorruption({Lazy(0x10 * P, 4), Lazy(0x13 * P, 2)}, "the second starts inside the first");
   ExpectCorruption({Lazy(0x13 * P, 2), Lazy(0x10 * P, 4)}, "the same, listed the other way round");

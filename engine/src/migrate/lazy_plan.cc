@@ -24,7 +24,8 @@ Result<LazyPlan> LazyPlan::FromImages(const std::string& images_dir, uint64_t ma
       continue;
     ELSA_ASSIGN_OR_RETURN(std::string bytes, ReadFile(entry.path()));
     ELSA_ASSIGN_OR_RETURN(page_server::PagemapImage image,
-                          page_server::DecodePagemapImage({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()}));
+                          page_server::DecodePagemapImage({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()})
+                              .WithContext(name));
     for (const auto& e : image.entries)
       if (e.flags & page_server::kPeLazy) lazy_by_pid[pid].push_back(e);
   }

@@ -10,7 +10,10 @@ Result<peer::Control> ReceiveControl(transport::Channel& channel, std::chrono::m
     return Status::ProtocolError("page data where a control message was expected");
   ELSA_ASSIGN_OR_RETURN(auto decoded, peer::DecodeMessage(message.data));
   auto* control = std::get_if<peer::Control>(&decoded);
-  if (!control) return Status::ProtocolError("a file chunk where a control message was expected");
+  if (!control)
+    return Status::ProtocolError(std::holds_alternative<peer::FileChunk>(decoded)
+                                     ? "a file chunk where a control message was expected"
+                                     : "page refs where a control message was expected");
   if (const auto* error = std::get_if<peer::Error>(control))
     return Status::ExternalFailure("the other agent: " + error->message);
   return std::move(*control);
