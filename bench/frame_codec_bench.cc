@@ -65,7 +65,7 @@ void BM_DecodePageFrame(benchmark::State& state) {
   for (auto _ : state) {
     auto decoded = DecodeFrameHeader(header, 16u << 20);
     bool ok = PayloadChecksum(payload.data(), payload.size()) == decoded->payload_xxh3;
-    auto pages = DecodePagePayload(payload);
+    auto pages = DecodePagePayload(payload, MaxPagesPerFrame(16u << 20));
     benchmark::DoNotOptimize(ok);
     benchmark::DoNotOptimize(pages);
   }

@@ -150,4 +150,29 @@ std::string KernelRelease() {
   return u.release;
 }
 
+Result<ScopedPath> ScopedPath::MakeDirectory(std::string path, unsigned mode) {
+  ELSA_RETURN_IF_ERROR(RemoveTree(path));
+  ELSA_RETURN_IF_ERROR(MakeDirs(path, mode));
+  return ScopedPath(std::move(path));
+}
+
+ScopedPath& ScopedPath::operator=(ScopedPath&& other) noexcept {
+  if (this != &other) {
+    if (!path_.empty()) (void)RemoveTree(path_);
+    path_ = std::move(other.path_);
+    other.path_.clear();
+  }
+  return *this;
+}
+
+ScopedPath::~ScopedPath() {
+  if (!path_.empty()) (void)RemoveTree(path_);
+}
+
+std::string ScopedPath::Keep() {
+  std::string kept = std::move(path_);
+  path_.clear();
+  return kept;
+}
+
 }  // namespace elsa

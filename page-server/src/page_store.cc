@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <unordered_set>
 
 #include "elsa/fd_io.h"
@@ -76,6 +77,30 @@ Status PreadAll(int fd, void* buf, size_t size, uint64_t offset) {
   return Status::Ok();
 }
 
+// Where, after damage at `from`, the next record that passes its check (or a well-formed padding
+// record) starts in a segment of `size` bytes; nullopt when none does.
+Result<std::optional<uint64_t>> NextIntactRecord(int fd, uint64_t from, uint64_t size) {
+  std::vector<uint8_t> rest(size - from);
+  ELSA_RETURN_IF_ERROR(PreadAll(fd, rest.data(), rest.size(), from));
+  for (size_t at = 1; at + sizeof(RecordHeader) <= rest.size(); ++at) {
+    uint32_t magic;
+    std::memcpy(&magic, rest.data() + at, sizeof magic);
+    if (magic != kRecordMagic && magic != kPaddingMagic) continue;
+    RecordHeader h;
+    std::memcpy(&h, rest.data() + at, sizeof h);
+    const size_t left = rest.size() - at - sizeof h;
+    if (magic == kPaddingMagic) {
+      if (h.stored_length < 2 * kBlock && h.stored_length <= left && (from + at + sizeof h + h.stored_length) % kBlock == 0)
+        return std::optional<uint64_t>(from + at);
+      continue;
+    }
+    if (h.stored_length <= left && h.stored_length <= static_cast<uint32_t>(LZ4_compressBound(kPage)) &&
+        RecordIntact(h, rest.data() + at + sizeof h))
+      return std::optional<uint64_t>(from + at);
+  }
+  return std::optional<uint64_t>();
+}
+
 }  // namespace
 
 std::string PageHash::ToHex() const { return HexU64(high) + HexU64(low); }
@@ -85,7 +110,8 @@ PageHash HashPage(const uint8_t* page) {
   return {h.low64, h.high64};
 }
 
-PageStore::PageStore(std::string dir, uint64_t segment_bytes) : dir_(std::move(dir)), segment_bytes_(segment_bytes) {}
+PageStore::PageStore(std::string dir, uint64_t segment_bytes, Logger log)
+    : dir_(std::move(dir)), segment_bytes_(segment_bytes), log_(std::move(log)) {}
 
 std::string PageStore::SegmentPath(uint32_t number) const {
   char name[32];
@@ -93,9 +119,9 @@ std::string PageStore::SegmentPath(uint32_t number) const {
   return dir_ + "/" + name;
 }
 
-Result<std::unique_ptr<PageStore>> PageStore::Open(const std::string& dir, uint64_t segment_bytes) {
+Result<std::unique_ptr<PageStore>> PageStore::Open(const std::string& dir, uint64_t segment_bytes, Logger log) {
   ELSA_RETURN_IF_ERROR(MakeDirs(dir, 0700));
-  auto store = std::make_unique<PageStore>(dir, segment_bytes);
+  auto store = std::make_unique<PageStore>(dir, segment_bytes, std::move(log));
   ELSA_RETURN_IF_ERROR(store->Scan());
   return store;
 }
@@ -131,17 +157,25 @@ Status PageStore::Scan() {
                     PreadAll(fd.get(), data.data(), h.stored_length, offset + sizeof h).ok() &&
                     RecordIntact(h, data.data());
       if (!intact) {
-        // Segments are fsync'd together at Sync(), so a crash can tear the tail of any segment
-        // written since the last one. Older segments are never appended to again: what follows
-        // the damage is left on disk, unindexed, never served (a checkpoint that needs it fails
-        // verification by name). The newest is cut back so that appends resume after good data.
+        // Damage costs only the damaged records: the scan picks up again at the next intact
+        // record (a page a checkpoint needs from the damaged part fails its verification, by
+        // name). Only a tail with no intact record after it is torn: a crash between appends
+        // and Sync() leaves that, and the newest segment is cut back so appends resume after
+        // good data; an older segment's is left on disk, never served.
+        ELSA_ASSIGN_OR_RETURN(std::optional<uint64_t> next, NextIntactRecord(fd.get(), offset, size));
+        if (next) {
+          log_.Warning("page store: " + SegmentPath(number) + " is damaged from byte " + std::to_string(offset) +
+                       " to " + std::to_string(*next) + "; the pages stored there are lost, the rest are served");
+          offset = *next;
+          continue;
+        }
         if (!newest) {
-          std::fprintf(stderr, "page store: %s is damaged at byte %llu; its records from there on are not served\n",
-                       SegmentPath(number).c_str(), static_cast<unsigned long long>(offset));
+          log_.Warning("page store: " + SegmentPath(number) + " is damaged at byte " + std::to_string(offset) +
+                       "; its records from there on are not served");
           break;
         }
-        std::fprintf(stderr, "page store: cutting a torn record off %s at byte %llu\n", SegmentPath(number).c_str(),
-                     static_cast<unsigned long long>(offset));
+        log_.Warning("page store: cutting a torn record off " + SegmentPath(number) + " at byte " +
+                     std::to_string(offset));
         if (::truncate(SegmentPath(number).c_str(), static_cast<off_t>(offset)) != 0)
           return Status::FromErrno("truncate " + SegmentPath(number), errno);
         break;

@@ -21,7 +21,7 @@ constexpr std::chrono::milliseconds kDefaultQuiet{250};
 constexpr std::chrono::milliseconds kDefaultQuietMax{5000};
 
 ApiResponse JsonResponse(int status, const ordered_json& body) {
-  return {status, "application/json", body.dump()};
+  return {status, "application/json", body.dump(-1, ' ', false, ordered_json::error_handler_t::replace)};
 }
 
 ApiResponse Error(int status, const std::string& message) {

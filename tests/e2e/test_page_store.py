@@ -2,6 +2,7 @@
 what changed, removal that keeps what others still use, and lazy restore (`elsa restore --lazy`:
 the session runs before its memory is in, pages served from the store to `criu lazy-pages`)."""
 
+import threading
 import time
 
 from elsa_agent import start_jupyter
@@ -85,3 +86,42 @@ def test_lazy_restore_runs_before_its_memory_is_in(agent, workdir):
     # A lazily restored session checkpoints again like any other.
     again = agent.json("checkpoint", "lazy", "--leave-running")["checkpoint"]
     assert again["pages"]["new"] < again["pages"]["count"] / 20
+
+
+# A session holding 1 GiB of memory no other checkpoint shares (every page distinct).
+FRESH_GIB = """
+import sys, time
+b = bytearray(1 << 30)
+for i in range(0, len(b), 4096):
+    b[i:i + 8] = (i + 1).to_bytes(8, "little")
+print("ready", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+def test_gc_during_a_checkpoint_keeps_its_pages(agent, workdir):
+    """`elsa gc` while `elsa checkpoint --leave-running` is still writing: collection waits for
+    the checkpoint to commit, then counts it, so none of its pages is reclaimed (it used to list
+    the committed checkpoints first and delete the new one's pages: verify then failed)."""
+    agent.run_session("big", "/usr/bin/python3", "-c", FRESH_GIB, workdir=workdir)
+    deadline = time.time() + 120
+    while "ready" not in agent.cli("logs", "big").stdout:
+        assert time.time() < deadline, "the session never filled its memory"
+        time.sleep(0.2)
+    result = {}
+
+    def checkpoint():
+        result["checkpoint"] = agent.json("checkpoint", "big", "--leave-running")["checkpoint"]
+
+    writer = threading.Thread(target=checkpoint)
+    writer.start()
+    time.sleep(0.4)
+    collected = agent.json("gc")
+    writer.join(timeout=300)
+    assert "checkpoint" in result, "the checkpoint did not finish"
+    made = result["checkpoint"]
+    assert made["pages"]["new"] * 4096 >= 1 << 30, made["pages"]
+    assert collected["bytes_reclaimed"] == 0, f"gc reclaimed pages while a checkpoint was being written: {collected}"
+    assert agent.json("verify", made["id"])["id"] == made["id"]
+    agent.cli("stop", "big")

@@ -102,6 +102,34 @@ TEST(CheckpointStore, AFailedCommitKeepsTheImagesWhenAsked) {
   EXPECT_TRUE(std::filesystem::exists(pending_dir));
 }
 
+TEST(CheckpointStore, ImagesKeptAfterAFailedCommitSurviveTheNextOpen) {
+  TempDir dir;
+  std::string pending_dir;
+  {
+    CheckpointStore store(dir / "store");
+    ASSERT_TRUE(store.Open().ok());
+    auto pending = store.Begin("cp1");
+    ASSERT_TRUE(pending.ok());
+    pending_dir = pending->dir();
+    ASSERT_EQ(::mkdir((pending_dir + "/subdir").c_str(), 0700), 0);  // not a plain file: commit fails
+    auto failed = pending->Commit(BaseManifest("alice"), /*keep_on_failure=*/true);
+    ASSERT_FALSE(failed.ok());
+    EXPECT_NE(failed.status().message().find("also across agent restarts"), std::string::npos)
+        << failed.status().message();
+    // What a crashed checkpoint leaves, by contrast, is cleaned up.
+    ASSERT_EQ(::mkdir((dir / "store/.pending-cp3").c_str(), 0700), 0);
+  }
+  CheckpointStore reopened(dir / "store");  // the agent starts again
+  ASSERT_TRUE(reopened.Open().ok());
+  EXPECT_TRUE(std::filesystem::exists(pending_dir)) << "the kept images were deleted at the next start";
+  EXPECT_FALSE(std::filesystem::exists(dir / "store/.pending-cp3"));
+  // Once the user removes them, the marker goes at the next start too.
+  ASSERT_TRUE(RemoveTree(pending_dir).ok());
+  CheckpointStore again(dir / "store");
+  ASSERT_TRUE(again.Open().ok());
+  EXPECT_FALSE(std::filesystem::exists(pending_dir + ".kept"));
+}
+
 TEST(CheckpointStore, VerifyNamesTheDamagedFile) {
   TempDir dir;
   CheckpointStore store(dir / "store");

@@ -1,4 +1,4 @@
-#include "criu_options.h"
+#include "criu/criu_options.h"
 
 #include <gtest/gtest.h>
 

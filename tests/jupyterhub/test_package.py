@@ -53,15 +53,25 @@ def test_session_names_are_reversible_and_valid_for_elsad():
 
 
 def test_progress_follows_the_agents_phases():
+    # The agent's events as elsad sends them: a phase, a sentence, and named fields.
+    mib = 2**20
     pct = 0
     seen = []
-    for phase, detail in [("connect", "to h2"), ("precopy", "round 1: 411.1 MiB scanned, 409.6 MiB sent in 0.70 s"),
-                          ("precopy", "round 2: 411.2 MiB scanned, 4.8 MiB sent in 0.13 s"),
-                          ("gate", "pre-copy done; waiting for the go to freeze"),
-                          ("freeze", "freezing"), ("transfer", "3 pages changed"), ("restore", "restoring on h2"),
-                          ("running", "on h2 after 420 ms"), ("postcopy", "64.0 MiB of 512.0 MiB")]:
-        pct = progress_percent("migrate", {"phase": phase, "detail": detail}, pct)
+    for event in [{"phase": "connect", "detail": "to h2"},
+                  {"phase": "precopy", "detail": "round 1", "round": 1, "bytes_done": int(409.6 * mib),
+                   "bytes_total": int(411.1 * mib), "pages": 104857, "seconds": 0.7},
+                  {"phase": "precopy", "detail": "round 2", "round": 2, "bytes_done": int(4.8 * mib),
+                   "bytes_total": int(411.2 * mib), "pages": 1228, "seconds": 0.13},
+                  {"phase": "gate", "detail": "pre-copy done; waiting for the go to freeze"},
+                  {"phase": "freeze", "detail": "freezing"}, {"phase": "transfer", "detail": "3 pages changed", "pages": 3},
+                  {"phase": "restore", "detail": "restoring on h2"}, {"phase": "running", "detail": "on h2 after 420 ms"},
+                  {"phase": "postcopy", "detail": "64.0 MiB of 512.0 MiB", "bytes_done": 64 * mib,
+                   "bytes_total": 512 * mib}]:
+        pct = progress_percent("migrate", event, pct)
         seen.append(pct)
     assert seen == sorted(seen) and seen[-1] < 100
-    assert event_bytes({"detail": "round 1: 411.1 MiB scanned, 4.5 MiB sent in 0.70 s"}) == int(4.5 * 2**20)
-    assert event_bytes({"detail": "checking 48 files (381.0 MiB)"}) == 381 * 2**20
+    assert event_bytes({"phase": "precopy", "round": 1, "bytes_done": int(4.5 * mib), "bytes_total": int(411.1 * mib)}) \
+        == int(4.5 * mib)
+    assert event_bytes({"phase": "verify", "detail": "checking 48 files", "bytes_total": 381 * mib}) == 381 * mib
+    assert event_bytes({"phase": "transfer", "pages": 3}) == 3 * 4096
+    assert event_bytes({"phase": "gate", "detail": "round 1: 411.1 MiB scanned"}) is None  # sentences are not parsed

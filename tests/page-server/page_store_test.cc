@@ -148,6 +148,41 @@ TEST(PageStore, ADamagedRecordIsCorruptionNotData) {
   EXPECT_TRUE((*store)->Get(b, out.data()).ok());
 }
 
+TEST(PageStore, ADamagedRecordFoundOnOpenCostsOnlyItself) {
+  // One damaged byte in the middle of the newest segment: only that record's page is lost; the
+  // synced records after it are still served (they used to be cut off with it), and appends go on.
+  TempDir dir;
+  std::vector<PageHash> hashes;
+  {
+    auto store = PageStore::Open(dir / "store");
+    ASSERT_TRUE(store.ok());
+    for (int i = 0; i < 6; ++i) hashes.push_back(*(*store)->Put(RandomPage(100 + i).data()));
+    ASSERT_TRUE((*store)->Sync().ok());
+  }
+  {
+    // Each random page's record is padded to 8192 bytes: the third starts at 16384.
+    std::fstream f(Segment(dir, 1), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(2 * 8192 + 40 + 100);
+    const char c = static_cast<char>(f.get());
+    f.seekp(2 * 8192 + 40 + 100);
+    f.put(static_cast<char>(c ^ 0x5a));
+  }
+  auto store = PageStore::Open(dir / "store");
+  ASSERT_TRUE(store.ok()) << store.status().message();
+  std::vector<uint8_t> out(4096);
+  for (int i = 0; i < 6; ++i) {
+    if (i == 2) {
+      EXPECT_FALSE((*store)->Contains(hashes[i])) << "the damaged record is not served";
+      continue;
+    }
+    ASSERT_TRUE((*store)->Get(hashes[i], out.data()).ok()) << "page " << i << " was lost with the damaged one";
+    EXPECT_EQ(out, RandomPage(100 + i));
+  }
+  EXPECT_TRUE((*store)->Put(RandomPage(102).data()).ok());  // stored again
+  EXPECT_TRUE((*store)->Get(hashes[2], out.data()).ok());
+  EXPECT_TRUE((*store)->Sync().ok());
+}
+
 TEST(PageStore, GetBatchReturnsPagesInRequestOrder) {
   TempDir dir;
   auto store = PageStore::Open(dir / "store");

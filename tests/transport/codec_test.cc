@@ -91,7 +91,7 @@ TEST(PagePayload, ZeroPagesCostAFlagNotAPage) {
   PagePayloadPlan plan = PlanPagePayload(b);
   EXPECT_EQ(plan.nonzero.size(), 20u);
   EXPECT_EQ(plan.payload_bytes(), 8 + 30 * 8 + 20 * kPageSize);
-  auto back = DecodePagePayload(FlattenPagePayload(b, plan));
+  auto back = DecodePagePayload(FlattenPagePayload(b, plan), MaxPagesPerFrame(16u << 20));
   ASSERT_TRUE(back.ok()) << back.status().ToString();
   ASSERT_EQ(back->size(), 30u);
   for (size_t i = 0; i < 30; ++i) {
@@ -116,14 +116,36 @@ TEST(PagePayload, RejectsMalformedPayloads) {
   std::vector<uint8_t> good = FlattenPagePayload(b, PlanPagePayload(b));
   std::vector<uint8_t> bad = good;
   bad.pop_back();
-  EXPECT_EQ(DecodePagePayload(bad).status().code(), StatusCode::kProtocolError);
+  EXPECT_EQ(DecodePagePayload(bad, MaxPagesPerFrame(16u << 20)).status().code(), StatusCode::kProtocolError);
   bad = good;
   bad[0] = 200;  // claims 200 pages
-  EXPECT_EQ(DecodePagePayload(bad).status().code(), StatusCode::kProtocolError);
+  EXPECT_EQ(DecodePagePayload(bad, MaxPagesPerFrame(16u << 20)).status().code(), StatusCode::kProtocolError);
   bad = good;
   bad[8] |= 0x2;  // unknown entry flag
-  EXPECT_EQ(DecodePagePayload(bad).status().code(), StatusCode::kProtocolError);
-  EXPECT_FALSE(DecodePagePayload(std::vector<uint8_t>(3)).ok());
+  EXPECT_EQ(DecodePagePayload(bad, MaxPagesPerFrame(16u << 20)).status().code(), StatusCode::kProtocolError);
+  EXPECT_FALSE(DecodePagePayload(std::vector<uint8_t>(3), MaxPagesPerFrame(16u << 20)).ok());
+}
+
+TEST(PagePayload, ZeroPagesCannotExpandPastAFrame) {
+  // 8 bytes of table per zero page: a 64 KiB payload naming 8191 zero pages would decode to
+  // 32 MiB; with a 16 MiB frame bound, at most 4087 pages decode.
+  const size_t max_pages = MaxPagesPerFrame(16u << 20);
+  auto zero_pages = [](uint32_t count) {
+    std::vector<uint8_t> payload(8 + static_cast<size_t>(count) * 8, 0);
+    std::memcpy(payload.data(), &count, 4);
+    for (uint32_t i = 0; i < count; ++i) {
+      const uint64_t entry = static_cast<uint64_t>(i) * kPageSize | kPageEntryZero;
+      std::memcpy(payload.data() + 8 + i * 8, &entry, 8);
+    }
+    return payload;
+  };
+  auto fits = DecodePagePayload(zero_pages(static_cast<uint32_t>(max_pages)), max_pages);
+  ASSERT_TRUE(fits.ok()) << fits.status().ToString();
+  EXPECT_EQ(fits->size(), max_pages);
+  auto too_many = DecodePagePayload(zero_pages(8191), max_pages);
+  ASSERT_FALSE(too_many.ok());
+  EXPECT_EQ(too_many.status().code(), StatusCode::kProtocolError);
+  EXPECT_NE(too_many.status().message().find("at most"), std::string::npos) << too_many.status().message();
 }
 
 TEST(Compression, ShrinksTextAndRefusesNoise) {

@@ -90,9 +90,12 @@ std::vector<uint8_t> FlattenPagePayload(const PageBatch& batch, const PagePayloa
   return out;
 }
 
-Result<PageBatch> DecodePagePayload(std::span<const uint8_t> payload) {
+Result<PageBatch> DecodePagePayload(std::span<const uint8_t> payload, size_t max_pages) {
   if (payload.size() < 8) return Status::ProtocolError("page payload shorter than its header");
   const uint32_t count = GetU32(payload.data());
+  if (count > max_pages)
+    return Status::ProtocolError("page payload of " + std::to_string(count) + " pages: at most " +
+                                 std::to_string(max_pages) + " fit a frame");
   if (GetU32(payload.data() + 4) != 0) return Status::ProtocolError("page payload: reserved field is not zero");
   const size_t table_bytes = 8 + static_cast<size_t>(count) * 8;
   if (payload.size() < table_bytes) return Status::ProtocolError("page payload: table runs past the frame");

@@ -37,7 +37,14 @@ void AppendPagePayloadIov(const PageBatch& batch, const PagePayloadPlan& plan, s
 std::vector<uint8_t> FlattenPagePayload(const PageBatch& batch, const PagePayloadPlan& plan);
 
 // Untrusted bytes in: a batch, or a protocol error naming what is wrong.
-Result<PageBatch> DecodePagePayload(std::span<const uint8_t> payload);
+// At most `max_pages` pages: zero pages take 8 bytes on the wire and 4 KiB decoded, so without a
+// bound a 64 KiB frame could ask for gigabytes. The channel passes what its max_frame_bytes
+// allows a sender (MaxPagesPerFrame).
+Result<PageBatch> DecodePagePayload(std::span<const uint8_t> payload, size_t max_pages);
+// The most pages one frame of `max_frame_bytes` may carry, each with its 8-byte entry.
+inline size_t MaxPagesPerFrame(size_t max_frame_bytes) {
+  return max_frame_bytes < 8 ? 0 : (max_frame_bytes - 8) / (8 + kPageSize);
+}
 
 // lz4 of `raw`; empty when it would not shrink by at least 1/16.
 std::vector<uint8_t> CompressIfSmaller(std::span<const uint8_t> raw);

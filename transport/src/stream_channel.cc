@@ -393,7 +393,7 @@ Status StreamChannel::ReadFrames(Stream& s) {
     m.stream = static_cast<uint16_t>(s.index);
     if (h.type == FrameType::kPages) {
       m.kind = Message::Kind::kPages;
-      ELSA_ASSIGN_OR_RETURN(m.pages, DecodePagePayload(payload));
+      ELSA_ASSIGN_OR_RETURN(m.pages, DecodePagePayload(payload, MaxPagesPerFrame(options_.max_frame_bytes)));
     } else if (h.type == FrameType::kData) {
       m.data = !decompressed.empty() ? std::move(decompressed)
                : !large.empty()      ? std::move(large)

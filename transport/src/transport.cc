@@ -66,14 +66,12 @@ class StreamListener final : public Listener {
       auto conn = Wrap(backend_, std::move(conn_fd), handshake_deadline);
       if (!conn.ok()) {
         if (conn.status().code() == StatusCode::kFailedPrecondition) return conn.status();
-        std::fprintf(stderr, "elsa transport: dropped a connection from %s: %s\n", peer.c_str(),
-                     conn.status().message().c_str());
+        options_.log.Warning("transport: dropped a connection from " + peer + ": " + conn.status().message());
         continue;
       }
       auto hello = ServerHandshake(**conn, options_.secret, handshake_deadline);
       if (!hello.ok()) {
-        std::fprintf(stderr, "elsa transport: refused a connection from %s: %s\n", peer.c_str(),
-                     hello.status().message().c_str());
+        options_.log.Warning("transport: refused a connection from " + peer + ": " + hello.status().message());
         continue;
       }
       DropStaleGroups();
@@ -83,7 +81,7 @@ class StreamListener final : public Listener {
         g.started = Clock::now();
       }
       if (g.connections.size() != hello->stream_count || g.connections[hello->stream_index]) {
-        std::fprintf(stderr, "elsa transport: dropped a stream from %s: inconsistent stream numbering\n", peer.c_str());
+        options_.log.Warning("transport: dropped a stream from " + peer + ": inconsistent stream numbering");
         continue;
       }
       g.connections[hello->stream_index] = std::move(*conn);

@@ -22,6 +22,28 @@ Status RemoveTree(const std::string& path);  // like rm -rf; missing is fine
 
 Result<UniqueFd> OpenDirectory(const std::string& path);
 
+// A path (a file or a directory tree) removed when this goes out of scope, unless Keep() hands
+// it on: an operation's scratch space, gone on every way out of it.
+class ScopedPath {
+ public:
+  ScopedPath() = default;
+  explicit ScopedPath(std::string path) : path_(std::move(path)) {}
+  // A fresh, empty directory at `path` (what an earlier run left there is removed first).
+  static Result<ScopedPath> MakeDirectory(std::string path, unsigned mode = 0700);
+  ScopedPath(ScopedPath&& other) noexcept : path_(std::move(other.path_)) { other.path_.clear(); }
+  ScopedPath& operator=(ScopedPath&& other) noexcept;
+  ScopedPath(const ScopedPath&) = delete;
+  ScopedPath& operator=(const ScopedPath&) = delete;
+  ~ScopedPath();
+
+  const std::string& path() const { return path_; }
+  // No longer removed here: its new owner removes it.
+  std::string Keep();
+
+ private:
+  std::string path_;
+};
+
 // xxh3-64 of a whole file, streamed; also returns its size.
 struct FileDigest {
   uint64_t size = 0;

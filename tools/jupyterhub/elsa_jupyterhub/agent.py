@@ -3,12 +3,11 @@ agent's progress events into phases with a percentage.
 
 The agent answers one request per connection: zero or more `{"event": "progress", "phase",
 "detail"}` lines while it works, then `{"ok": true, "result": ...}` or `{"ok": false, "error":
-{"code", "message"}}` (engine/src/api_server.cc).
+{"code", "message"}}` (engine/include/elsa/engine/api.h).
 """
 
 import asyncio
 import json
-import re
 
 
 class AgentError(RuntimeError):
@@ -71,41 +70,35 @@ class AgentClient:
         return await self.call("checkpoints", timeout=60)
 
 
-# Progress. The agent reports phases in a fixed order per operation, with counts in the detail
-# text (pages, MiB, files); the percentage is the phase's place in that order, refined by the
-# pre-copy rounds, which is what a progress bar can honestly say before the operation ends.
+# Progress. The agent reports phases in a fixed order per operation, each event with named fields
+# besides its sentence (engine/include/elsa/engine/progress.h): "round", "bytes_done",
+# "bytes_total", "pages", "rate_bytes_per_s", "eta_seconds", "seconds". The percentage is the
+# phase's place in that order, refined by the pre-copy rounds and post-copy's bytes, which is
+# what a progress bar can honestly say before the operation ends.
 _RESTORE = {"verify": 10, "pages": 30, "lazy": 45, "restore": 55, "criu": 70}
 _CHECKPOINT = {"dump": 10, "criu": 30, "pages": 60, "commit": 80}
 _MIGRATE = {"connect": 5, "precopy": 15, "gate": 56, "freeze": 60, "criu": 65, "transfer": 75, "restore": 85, "running": 90,
             "postcopy": 90}
 PHASE_PERCENT = {"restore": _RESTORE, "checkpoint": _CHECKPOINT, "migrate": _MIGRATE}
 
-# engine/src/agent_migrate.cc: "round N: X MiB scanned, Y MiB sent in ..."
-_ROUND = re.compile(r"round (\d+): ([\d.]+) MiB scanned, ([\d.]+) MiB sent")
-
 
 def progress_percent(operation, event, previous=0):
     """Percentage (0-100, never going back) for an agent progress event of `operation`."""
-    phase, detail = event.get("phase", ""), event.get("detail", "")
+    phase = event.get("phase", "")
     pct = PHASE_PERCENT.get(operation, {}).get(phase, previous)
-    if operation == "migrate" and phase == "precopy":
-        m = _ROUND.search(detail)
-        if m:  # each round sends less; rounds 1..8 fill 15%..55%
-            pct = 15 + min(40, 40 * (1 - 0.5 ** int(m.group(1))))
+    if operation == "migrate" and phase == "precopy" and isinstance(event.get("round"), int):
+        pct = 15 + min(40, 40 * (1 - 0.5 ** event["round"]))  # each round sends less; 15%..55%
+    if operation == "migrate" and phase == "postcopy" and event.get("bytes_total"):
+        pct = 90 + 9 * min(1, event.get("bytes_done", 0) / event["bytes_total"])  # never 100 before the result
     return max(previous, int(pct))
 
 
 def event_bytes(event):
-    """Bytes the event's detail speaks of (a round's MiB sent, else the first MiB or pages
-    count), or None."""
-    detail = event.get("detail", "")
-    m = _ROUND.search(detail)
-    if m:
-        return int(float(m.group(3)) * 2**20)
-    m = re.search(r"([\d.]+) MiB", detail)
-    if m:
-        return int(float(m.group(1)) * 2**20)
-    m = re.search(r"(\d+) pages", detail)
-    if m:
-        return int(m.group(1)) * 4096
+    """Bytes the event speaks of: what its phase has done (a round's bytes sent), else what it
+    will do (a restore's files), else its pages; None if it names no amount."""
+    for key in ("bytes_done", "bytes_total"):
+        if isinstance(event.get(key), int):
+            return event[key]
+    if isinstance(event.get("pages"), int):
+        return event["pages"] * 4096
     return None

@@ -18,6 +18,11 @@
 #include "elsa/engine/checkpoint_store.h"
 #include "elsa/engine/criu_driver.h"
 #include "elsa/engine/manifest.h"
+#include "elsa/engine/migration.h"
+#include "elsa/engine/progress.h"
+#include "elsa/engine/session.h"
+#include "elsa/log.h"
+#include "elsa/thread_set.h"
 #include "elsa/status.h"
 #include "elsa/transport/transport.h"
 #include "elsa/unique_fd.h"
@@ -36,9 +41,11 @@ struct AgentConfig {
   std::string peer_backend = "tcp";
   int peer_streams = 4;
   int peer_timeout_ms = 30000;  // a peer (or link) silent this long fails the migration
+  Logger log;                   // where the agent's own lines go (elsad: its log)
 
   transport::ChannelOptions PeerChannelOptions() const {
     transport::ChannelOptions options;
+    options.log = log;
     options.secret = peer_secret;
     options.streams = peer_streams;
     options.io_timeout = std::chrono::milliseconds(peer_timeout_ms);
@@ -51,28 +58,6 @@ struct RunRequest {
   std::vector<std::string> argv;
   std::vector<std::string> env;
   std::string workdir;
-};
-
-struct SessionInfo {
-  std::string name;
-  pid_t pid = 0;
-  std::string state;  // "running", "checkpointed", "exited"
-  std::vector<std::string> command;
-  std::string workdir;
-  std::string started_at;
-  double uptime_seconds = 0;
-  int processes = 0;
-  uint64_t rss_bytes = 0;
-  std::string log_path;
-  std::string restored_from;    // checkpoint id, when restored
-  std::string last_checkpoint;  // newest checkpoint id taken of it
-  int exit_code = 0;            // when exited
-  int exit_signal = 0;
-  // After a lazy restore: pages still arriving in the background, then how that went.
-  bool paging_in = false;
-  uint64_t lazy_pages_served = 0;
-  double lazy_seconds = 0;      // from restore to the last page delivered
-  std::string lazy_error;
 };
 
 struct CheckpointReport {
@@ -100,58 +85,6 @@ struct RestoreReport {
   double total_seconds = 0;
   std::vector<std::pair<std::string, double>> criu_events;
 };
-
-struct MigrateOptions {
-  std::string to;                // the destination agent: HOST[:PORT]
-  // precopy: rounds while it runs, then every page B lacks sent while frozen (A is not needed
-  // once B runs it); postcopy: freeze at once, B runs it while its memory follows; hybrid:
-  // rounds, then post-copy for what changed since (docs/architecture.md compares them).
-  std::string mode = "hybrid";
-  int max_downtime_ms = 150;     // pre-copy stops once what is left fits in this at the link rate
-  int max_rounds = 8;
-  // Called after pre-copy, right before the freeze, while the session still runs. An error
-  // cancels the migration and leaves the session running here. elsa-hub-service pauses its
-  // browsers' websockets in elsa-proxy at this point, so they wait for the freeze only, not for
-  // the pre-copy rounds.
-  std::function<Status()> before_freeze;
-};
-
-struct MigrationRound {
-  uint64_t pages_scanned = 0;
-  uint64_t pages_sent = 0;  // changed since the destination last got them
-  double seconds = 0;
-};
-
-struct MigrateReport {
-  std::string session;
-  std::string destination;       // host:port of B's agent
-  std::string address;           // where the session now answers (B's host): retarget to it
-  std::string mode;
-  std::string checkpoint_id;     // on B: the checkpoint the session was restored from
-  pid_t pid = 0;                 // on B
-  std::vector<MigrationRound> rounds;
-  double precopy_seconds = 0;
-  double freeze_seconds = 0;     // CRIU stopping the tree, as CRIU measured it (precopy; part of dump_seconds)
-  double dump_seconds = 0;       // freeze + CRIU dump (precopy: pages B lacks sent meanwhile)
-  double transfer_seconds = 0;   // image files, and waiting for every page to arrive
-  double restore_seconds = 0;    // on B: (commit +) restore until the tree runs
-  double resume_seconds = 0;     // on B: from CRIU's post-restore to the tree running
-  double postcopy_seconds = 0;   // B running -> every page delivered to B (A's copy ends then)
-  double downtime_seconds = 0;   // freeze on A -> running on B
-  double total_seconds = 0;
-  uint64_t bytes_precopy = 0;    // page bytes sent while the session ran on A
-  uint64_t bytes_stop = 0;       // page and file bytes sent while it was frozen
-  uint64_t bytes_postcopy = 0;   // page bytes sent while it ran on B
-  uint64_t wire_bytes = 0;       // all bytes on the wire, after compression
-  uint64_t pages_dumped = 0;
-  uint64_t pages_deduplicated = 0;  // pages B already held: not sent again (a hash instead)
-  uint64_t pages_lazy = 0;          // pages B's session got after it started running
-  uint64_t pages_postcopy = 0;      // post-copy: lazy pages pushed as bytes
-  uint64_t pages_faulted = 0;       // post-copy: of those, sent first because B's session waited
-};
-
-// Long operations report phases as they start ("verify", "dump", ...), for progress displays.
-using ProgressFn = std::function<void(const std::string& phase, const std::string& detail)>;
 
 class Agent {
  public:
@@ -197,6 +130,7 @@ class Agent {
 
  private:
   struct Session;
+  class Host;  // the MigrationHost the migration's steps see (agent.cc)
 
   std::string LogPathFor(const std::string& name) const;
   // Registers a running tree (started or restored) under `info.name` and supervises it.
@@ -210,6 +144,9 @@ class Agent {
   bool WaitForExit(std::unique_lock<std::mutex>& lock, uint64_t serial, int timeout_s);
   Session* FindLocked(const std::string& name);
 
+  // Restore() once the session's name is reserved by the caller (which releases it).
+  Result<RestoreReport> RestoreReserved(const std::string& checkpoint_id, const std::string& name,
+                                        const Manifest& manifest, bool lazy, const ProgressFn& progress);
   // Restores the images in `images_dir` with CRIU (its log and scratch files in `staging`) and
   // adopts the tree as session `info.name`. With a `supply` the restore is lazy: the supply
   // serves the session's pages in the background, then `staging` is removed.
@@ -224,8 +161,8 @@ class Agent {
   static Manifest ManifestFor(const SessionInfo& info, const std::string& criu_version);
   // CRIU's dump, one at a time on this host (see the definition for why).
   // `on_event` also sees CRIU's notifications (a lazy dump's "status-ready").
-  Result<CriuOutcome> SerializedDump(CriuDriver& criu, const CriuDumpRequest& request, const ProgressFn& progress,
-                                     const CriuNotifyFn& on_event = {});
+  Result<CriuOutcome> SerializedDump(const CriuDriver& criu, const CriuDumpRequest& request,
+                                     const ProgressFn& progress, const CriuNotifyFn& on_event = {});
   // Marks a running session busy for a long operation; returns its info and serial.
   Result<std::pair<SessionInfo, uint64_t>> ClaimRunning(const std::string& name);
   void ClearBusy(uint64_t serial);
@@ -238,6 +175,8 @@ class Agent {
   AgentConfig config_;
   CheckpointStore store_;
   std::unique_ptr<CheckpointPages> pages_;
+  std::unique_ptr<Host> host_;
+  UniqueFd state_lock_;  // flock of STATE_DIR/elsad.lock, for as long as this agent lives
 
   mutable std::mutex mu_;
   std::mutex dump_mu_;  // serialises CRIU dumps (see Checkpoint)
@@ -245,7 +184,9 @@ class Agent {
   std::map<std::string, std::unique_ptr<Session>> sessions_;
   std::set<std::string> reserved_names_;  // names being restored into
   uint64_t next_serial_ = 1;
-  std::vector<std::thread> paging_threads_;  // joined on destruction: pages are never cut off
+  // Lazy restores' page supplies, each on a thread until its session has every page: joined
+  // on destruction, so pages are never cut off.
+  ThreadSet paging_threads_;
 };
 
 }  // namespace elsa

@@ -1,7 +1,9 @@
 // The agent's API: JSON lines over a Unix stream socket (root only).
 //
 // A client sends one request object on one line, e.g. {"op":"checkpoint","name":"alice"}.
-// The agent answers with zero or more event lines {"event":"progress","phase":..,"detail":..}
+// The agent answers with zero or more event lines {"event":"progress","phase":..,"detail":..,
+// and the ProgressEvent fields that are set: "round", "bytes_done", "bytes_total", "pages",
+// "rate_bytes_per_s", "eta_seconds", "seconds"}
 // and then exactly one final line: {"ok":true,"result":{...}} or
 // {"ok":false,"error":{"code":"not_found","message":"..."}}; then it closes the connection.
 // Ops: version, run, ps, session, stop, checkpoint, restore, checkpoints, rm, verify, gc, migrate.
@@ -19,6 +21,8 @@
 #include <nlohmann/json.hpp>
 
 #include "elsa/engine/agent.h"
+#include "elsa/engine/migration_mode.h"
+#include "elsa/engine/progress.h"
 #include "elsa/unique_fd.h"
 #include "elsa/status.h"
 
@@ -35,6 +39,7 @@ nlohmann::json ToJson(const CheckpointReport& report);
 nlohmann::json ToJson(const RestoreReport& report);
 nlohmann::json ToJson(const CollectReport& report);
 nlohmann::json ToJson(const MigrateReport& report);
+nlohmann::json ToJson(const ProgressEvent& event);  // {"event":"progress", ...}
 nlohmann::json ErrorJson(const Status& status);
 // Maps an error object back into a Status (client side).
 Status StatusFromErrorJson(const nlohmann::json& error);
@@ -54,7 +59,7 @@ struct ApiRequest {
   bool lazy = false;  // restore
   int timeout_seconds = 10;
   std::string to;               // migrate: HOST[:PORT] of the destination agent
-  std::string mode = "hybrid";  // migrate
+  MigrationMode mode = MigrationMode::kHybrid;  // migrate
   int max_downtime_ms = 150;    // migrate
   bool freeze_gate = false;     // migrate: wait for the client's go before the freeze
 };

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "elsa/engine/manifest.h"
+#include "elsa/log.h"
 #include "elsa/status.h"
 
 namespace elsa {
@@ -54,7 +55,7 @@ class CheckpointStore {
  public:
   static constexpr const char* kManifestName = "manifest.json";
 
-  explicit CheckpointStore(std::string root);
+  explicit CheckpointStore(std::string root, Logger log = Logger());
 
   // Creates the root and removes what interrupted checkpoints and removals left behind.
   Status Open();
@@ -71,6 +72,7 @@ class CheckpointStore {
 
  private:
   std::string root_;
+  Logger log_;
 };
 
 // A new checkpoint id for a session: NAME-YYYYMMDD-HHMMSS-mmm (UTC).

@@ -96,6 +96,8 @@ class CriuDriver {
 // named from the run id in the dump's log; empty if the log names none. CRIU removes it when it
 // restores the checkpoint; whoever deletes an unrestored checkpoint must remove it.
 std::string CriuNetworkLockTable(const std::string& dump_log_text);
+// The same, from the dump log CRIU wrote into `work_dir` (empty if there is none).
+std::string CriuNetworkLockTableOf(const std::string& work_dir);
 
 // Removes that table if it is still there.
 Status DropCriuNetworkLock(const std::string& table);

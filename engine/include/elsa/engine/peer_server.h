@@ -11,6 +11,7 @@
 
 #include "elsa/engine/agent.h"
 #include "elsa/status.h"
+#include "elsa/thread_set.h"
 #include "elsa/transport/transport.h"
 
 namespace elsa {
@@ -35,8 +36,7 @@ class PeerServer {
   std::unique_ptr<transport::Transport> transport_;
   std::unique_ptr<transport::Listener> listener_;
   std::atomic<bool> stop_{false};
-  std::mutex mu_;
-  std::vector<std::thread> migrations_;
+  ThreadSet migrations_;  // one thread per incoming migration
   std::thread accept_thread_;
 };
 

@@ -16,6 +16,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "elsa/log.h"
 #include "elsa/status.h"
 #include "elsa/uninitialized.h"
 #include "elsa/unique_fd.h"
@@ -54,7 +55,9 @@ class PageStore : public PageSink {
   // Opens (creating if needed) the store in `dir`, indexing every intact record; a torn record
   // at the end of the newest segment is cut off. A new segment is started once the active one
   // holds `segment_bytes` (smaller only in tests).
-  static Result<std::unique_ptr<PageStore>> Open(const std::string& dir, uint64_t segment_bytes = kSegmentBytes);
+  // Damage found while opening is reported to `log` (and handled as documented above).
+  static Result<std::unique_ptr<PageStore>> Open(const std::string& dir, uint64_t segment_bytes = kSegmentBytes,
+                                                 Logger log = Logger());
 
   // Stores the page unless it is already there; returns its hash. Thread-safe.
   Result<PageHash> Put(const uint8_t* page);
@@ -86,7 +89,7 @@ class PageStore : public PageSink {
     size_t operator()(const PageHash& h) const { return static_cast<size_t>(h.low); }
   };
 
-  PageStore(std::string dir, uint64_t segment_bytes);
+  PageStore(std::string dir, uint64_t segment_bytes, Logger log);
 
  private:
   Status Scan();
@@ -110,6 +113,7 @@ class PageStore : public PageSink {
   mutable std::mutex mu_;
   std::unordered_map<PageHash, Location, HashOf> index_;
   const uint64_t segment_bytes_;
+  Logger log_;
   std::unordered_set<PageHash, HashOf> in_flight_;  // claimed by a PutBatch, not yet indexed
   // Record buffers kept between batches: a fresh 4 MiB each time costs a page fault per page.
   std::vector<DirectIoBytes> spare_buffers_;

@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "elsa/log.h"
 #include "elsa/status.h"
 #include "elsa/uninitialized.h"
 
@@ -57,6 +58,7 @@ struct ChannelOptions {
   std::chrono::milliseconds handshake_timeout{10000};
   size_t max_frame_bytes = 16u << 20;              // larger frames are a protocol error
   size_t send_queue_frames = 8;                    // per stream; Send blocks beyond it
+  Logger log;                                      // connections a listener refused or dropped
 };
 
 struct Endpoint {

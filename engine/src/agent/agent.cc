@@ -1,0 +1,598 @@
+#include "elsa/engine/agent.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+
+#include "elsa/engine/session_process.h"
+#include "elsa/file_util.h"
+#include "elsa/stopwatch.h"
+#include "migrate/destination.h"
+#include "migrate/host.h"
+#include "migrate/source.h"
+#include "store/checkpoint_pages.h"
+
+namespace elsa {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+}  // namespace
+
+std::string_view SessionStateName(SessionState state) {
+  switch (state) {
+    case SessionState::kRunning: return "running";
+    case SessionState::kCheckpointed: return "checkpointed";
+    case SessionState::kExited: return "exited";
+  }
+  return "?";
+}
+
+// What a migration's steps may use of the agent (migrate/host.h), and nothing else.
+class Agent::Host final : public MigrationHost {
+ public:
+  explicit Host(Agent& agent) : agent_(agent) {}
+
+  const AgentConfig& config() const override { return agent_.config_; }
+  const Logger& log() const override { return agent_.config_.log; }
+  Result<CriuDriver> Criu() const override {
+    ELSA_ASSIGN_OR_RETURN(std::string binary, agent_.CriuBinary());
+    return CriuDriver(std::move(binary));
+  }
+  CheckpointStore& store() override { return agent_.store_; }
+  CheckpointPages& pages() override { return *agent_.pages_; }
+
+  Result<SessionInfo> ClaimRunning(const std::string& name, uint64_t* serial) override {
+    ELSA_ASSIGN_OR_RETURN(auto claimed, agent_.ClaimRunning(name));
+    *serial = claimed.second;
+    return claimed.first;
+  }
+  void Unclaim(uint64_t serial) override { agent_.ClearBusy(serial); }
+  void ForgetAfterExit(uint64_t serial, int timeout_s) override { agent_.ForgetAfterExit(serial, timeout_s); }
+  Result<CriuOutcome> SerializedDump(const CriuDriver& criu, const CriuDumpRequest& request, const ProgressFn& progress,
+                                     const CriuNotifyFn& on_event) override {
+    return agent_.SerializedDump(criu, request, progress, on_event);
+  }
+  Manifest ManifestFor(const SessionInfo& info, const std::string& criu_version) const override {
+    return Agent::ManifestFor(info, criu_version);
+  }
+
+  Status ReserveName(const std::string& name) override { return agent_.ReserveName(name); }
+  void ReleaseName(const std::string& name) override { agent_.ReleaseName(name); }
+  Result<RestoreReport> RestoreReserved(const std::string& checkpoint_id, const RestoreOptions& options,
+                                        const ProgressFn& progress) override {
+    ELSA_ASSIGN_OR_RETURN(Manifest manifest, agent_.store_.Load(checkpoint_id));
+    const std::string name = options.name.empty() ? manifest.session_name : options.name;
+    return agent_.RestoreReserved(checkpoint_id, name, manifest, options.lazy, progress);
+  }
+  Result<SessionInfo> RestoreAndAdopt(SessionInfo info, const std::vector<std::string>& output_pipes,
+                                      const std::string& images_dir, const std::string& staging,
+                                      std::unique_ptr<LazyPageSupply> supply, CriuOutcome* outcome) override {
+    return agent_.RestoreAndAdopt(std::move(info), output_pipes, images_dir, staging, std::move(supply), nullptr,
+                                  outcome);
+  }
+  Status Stop(const std::string& name, int timeout_s) override { return agent_.Stop(name, timeout_s); }
+
+ private:
+  Agent& agent_;
+};
+
+struct Agent::Session {
+  uint64_t serial = 0;
+  SessionInfo info;
+  Clock::time_point started = Clock::now();
+  bool busy = false;    // a checkpoint or stop is in progress
+  bool reaped = false;  // the root process has been waited for
+  std::unique_ptr<SessionSupervisor> supervisor;
+};
+
+Agent::Agent(AgentConfig config)
+    : config_(std::move(config)), store_(config_.state_dir + "/checkpoints", config_.log), host_(std::make_unique<Host>(*this)) {}
+
+Agent::~Agent() {
+  // Lazily restored sessions get all their pages before the agent goes: cutting them off would
+  // leave holes in their memory.
+  paging_threads_.JoinAll();
+  // Supervisors are stopped outside the lock: their exit callbacks take it.
+  std::map<std::string, std::unique_ptr<Session>> sessions;
+  {
+    std::lock_guard lock(mu_);
+    sessions.swap(sessions_);
+  }
+  sessions.clear();
+}
+
+Status Agent::Open() {
+  ELSA_RETURN_IF_ERROR(MakeDirs(config_.state_dir, 0700));
+  // One agent per state directory: a second one would take the first one's in-flight work for
+  // leftovers of a crash and delete it. The lock goes with this process, however it ends.
+  const std::string lock_path = config_.state_dir + "/elsad.lock";
+  UniqueFd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!lock) return Status::FromErrno("open " + lock_path, errno);
+  if (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK) return Status::FromErrno("lock " + lock_path, errno);
+    Result<std::string> read = ReadFile(lock_path, 64);
+    const std::string holder = read.ok() ? *read : std::string();
+    return Status::AlreadyExists("another elsad" + (holder.empty() ? std::string() : " (pid " + holder + ")") +
+                                 " uses the state directory " + config_.state_dir +
+                                 ": stop it, or give this one its own --state-dir");
+  }
+  const std::string pid = std::to_string(::getpid());
+  if (::ftruncate(lock.get(), 0) != 0 || ::pwrite(lock.get(), pid.data(), pid.size(), 0) < 0)
+    return Status::FromErrno("write " + lock_path, errno);
+  state_lock_ = std::move(lock);
+  ELSA_RETURN_IF_ERROR(MakeDirs(config_.state_dir + "/sessions", 0700));
+  ELSA_RETURN_IF_ERROR(MakeDirs(config_.state_dir + "/run", 0700));
+  ELSA_RETURN_IF_ERROR(store_.Open());
+  ELSA_ASSIGN_OR_RETURN(pages_, CheckpointPages::Open(config_.state_dir + "/pages", config_.log));
+  return Status::Ok();
+}
+
+Result<std::string> Agent::CriuBinary() const { return CriuDriver::Locate(config_.criu); }
+
+std::string Agent::LogPathFor(const std::string& name) const {
+  return config_.state_dir + "/sessions/" + name + ".log";
+}
+
+Agent::Session* Agent::FindLocked(const std::string& name) {
+  auto it = sessions_.find(name);
+  return it == sessions_.end() ? nullptr : it->second.get();
+}
+
+SessionInfo Agent::Describe(const Session& s) const {
+  SessionInfo info = s.info;
+  if (info.state == SessionState::kRunning) {
+    info.uptime_seconds = SecondsSince(s.started);
+    TreeStats stats = ProcessTreeStats(info.pid);
+    info.processes = stats.processes;
+    info.rss_bytes = stats.rss_bytes;
+  }
+  return info;
+}
+
+Result<SessionInfo> Agent::AdoptLocked(SessionInfo info, UniqueFd output_read_end,
+                                       std::unique_ptr<Session>* replaced) {
+  auto session = std::make_unique<Session>();
+  session->serial = next_serial_++;
+  const uint64_t serial = session->serial;
+  info.state = SessionState::kRunning;
+  info.log_path = LogPathFor(info.name);
+  session->info = info;
+  auto supervisor = SessionSupervisor::Start(
+      info.pid, std::move(output_read_end), info.log_path,
+      [this, serial](int exit_code, int signal) { OnExit(serial, exit_code, signal); });
+  if (!supervisor.ok()) {
+    ::kill(info.pid, SIGKILL);  // unsupervised, it would be a stray tree
+    return supervisor.status();
+  }
+  session->supervisor = std::move(*supervisor);
+  auto it = sessions_.find(info.name);
+  if (it != sessions_.end()) {
+    *replaced = std::move(it->second);
+    it->second = std::move(session);
+  } else {
+    sessions_.emplace(info.name, std::move(session));
+  }
+  return info;
+}
+
+Result<SessionInfo> Agent::Run(const RunRequest& request) {
+  ELSA_RETURN_IF_ERROR(ValidateIdentifier("session name", request.name));
+  if (request.argv.empty()) return Status::InvalidArgument("no command given: elsa run --name NAME -- CMD ARGS...");
+  std::unique_ptr<Session> replaced;
+  Result<SessionInfo> result = Status::Internal("unreachable");
+  {
+    std::lock_guard lock(mu_);
+    if (Session* s = FindLocked(request.name); (s && s->info.state == SessionState::kRunning) || reserved_names_.count(request.name))
+      return Status::AlreadyExists("a session named '" + request.name + "' is already running");
+    ELSA_ASSIGN_OR_RETURN(OutputPipe pipe, OutputPipe::Create());
+    SpawnSpec spec{request.argv, request.env, request.workdir.empty() ? "/" : request.workdir};
+    ELSA_ASSIGN_OR_RETURN(pid_t pid, SpawnInPidNamespace(spec, pipe));
+    pipe.write_end.Reset();  // the session holds the only write ends now
+    SessionInfo info;
+    info.name = request.name;
+    info.pid = pid;
+    info.command = request.argv;
+    info.workdir = spec.workdir;
+    info.started_at = NowIso8601();
+    result = AdoptLocked(std::move(info), std::move(pipe.read_end), &replaced);
+  }
+  return result;
+}
+
+std::vector<SessionInfo> Agent::Sessions() {
+  std::lock_guard lock(mu_);
+  std::vector<SessionInfo> out;
+  for (const auto& [name, s] : sessions_) out.push_back(Describe(*s));
+  return out;
+}
+
+Result<SessionInfo> Agent::GetSession(const std::string& name) {
+  ELSA_RETURN_IF_ERROR(ValidateIdentifier("session name", name));
+  std::lock_guard lock(mu_);
+  Session* s = FindLocked(name);
+  if (!s) return Status::NotFound("no session named '" + name + "' (`elsa ps` lists sessions)");
+  return Describe(*s);
+}
+
+void Agent::OnExit(uint64_t serial, int exit_code, int signal) {
+  std::lock_guard lock(mu_);
+  for (auto& [name, s] : sessions_) {
+    if (s->serial != serial) continue;
+    s->reaped = true;
+    s->info.exit_code = exit_code;
+    s->info.exit_signal = signal;
+    if (s->info.state == SessionState::kRunning) {
+      s->info.state = SessionState::kExited;
+      config_.log.With("session", name)
+          .Info("exited (pid " + std::to_string(s->info.pid) + ", " + (signal ? "signal " : "code ") +
+                std::to_string(signal ? signal : exit_code) + ")");
+    }
+  }
+  exited_cv_.notify_all();
+}
+
+bool Agent::WaitForExit(std::unique_lock<std::mutex>& lock, uint64_t serial, int timeout_s) {
+  return exited_cv_.wait_for(lock, std::chrono::seconds(timeout_s), [&] {
+    for (const auto& [name, s] : sessions_)
+      if (s->serial == serial) return s->reaped;
+    return true;  // forgotten meanwhile
+  });
+}
+
+Status Agent::Stop(const std::string& name, int timeout_s) {
+  ELSA_RETURN_IF_ERROR(ValidateIdentifier("session name", name));
+  std::unique_ptr<Session> forgotten;
+  {
+    std::unique_lock lock(mu_);
+    Session* s = FindLocked(name);
+    if (!s) return Status::NotFound("no session named '" + name + "' (`elsa ps` lists sessions)");
+    if (s->busy) return Status::FailedPrecondition("session '" + name + "' is being checkpointed; try again when it is done");
+    const uint64_t serial = s->serial;
+    const pid_t pid = s->info.pid;
+    if (!s->reaped) {
+      // Signals to a PID-namespace init only land if it handles them; SIGKILL always does.
+      ::kill(pid, SIGTERM);
+      if (!WaitForExit(lock, serial, timeout_s)) {
+        ::kill(pid, SIGKILL);
+        if (!WaitForExit(lock, serial, 10))
+          return Status::Timeout("session '" + name + "' (pid " + std::to_string(pid) + ") did not exit after SIGKILL");
+      }
+    }
+    auto it = sessions_.find(name);
+    if (it != sessions_.end() && it->second->serial == serial) {
+      forgotten = std::move(it->second);
+      sessions_.erase(it);
+    }
+  }
+  return Status::Ok();
+}
+
+Result<std::pair<SessionInfo, uint64_t>> Agent::ClaimRunning(const std::string& name) {
+  std::lock_guard lock(mu_);
+  Session* s = FindLocked(name);
+  if (!s) return Status::NotFound("no session named '" + name + "' (`elsa ps` lists sessions)");
+  if (s->info.state != SessionState::kRunning)
+    return Status::FailedPrecondition("session '" + name + "' is " + std::string(SessionStateName(s->info.state)) +
+                                      ", not running");
+  if (s->busy) return Status::FailedPrecondition("session '" + name + "' is busy (a checkpoint or migration)");
+  s->busy = true;
+  return std::make_pair(s->info, s->serial);
+}
+
+Status Agent::ReserveName(const std::string& name) {
+  std::lock_guard lock(mu_);
+  Session* s = FindLocked(name);
+  if (s && s->info.state == SessionState::kRunning)
+    return Status::AlreadyExists("a session named '" + name + "' is running on this host");
+  if (reserved_names_.count(name))
+    return Status::AlreadyExists("a session named '" + name + "' is arriving on this host right now (a restore, or "
+                                 "an incoming migration: one whose source went silent ends within --peer-timeout)");
+  reserved_names_.insert(name);
+  return Status::Ok();
+}
+
+void Agent::ReleaseName(const std::string& name) {
+  std::lock_guard lock(mu_);
+  reserved_names_.erase(name);
+}
+
+void Agent::ClearBusy(uint64_t serial) {
+  std::lock_guard lock(mu_);
+  for (auto& [n, s] : sessions_)
+    if (s->serial == serial) s->busy = false;
+}
+
+void Agent::ForgetAfterExit(uint64_t serial, int timeout_s) {
+  std::unique_ptr<Session> forgotten;  // destroyed outside the lock: its supervisor takes it
+  std::unique_lock lock(mu_);
+  if (!WaitForExit(lock, serial, timeout_s)) config_.log.Warning("a migrated tree was not reaped in time");
+  for (auto it = sessions_.begin(); it != sessions_.end(); ++it)
+    if (it->second->serial == serial) {
+      forgotten = std::move(it->second);
+      sessions_.erase(it);
+      break;
+    }
+  lock.unlock();
+}
+
+Manifest Agent::ManifestFor(const SessionInfo& info, const std::string& criu_version) {
+  Manifest manifest;
+  manifest.created_at = NowIso8601();
+  manifest.host = Hostname();
+  manifest.kernel = KernelRelease();
+  manifest.criu_version = criu_version;
+  manifest.session_name = info.name;
+  manifest.command = info.command;
+  manifest.workdir = info.workdir;
+  manifest.session_started_at = info.started_at;
+  manifest.source_pid = info.pid;
+  manifest.output_pipes = OutputPipeKeys(info.pid);
+  return manifest;
+}
+
+Result<CriuOutcome> Agent::SerializedDump(const CriuDriver& criu, const CriuDumpRequest& request,
+                                          const ProgressFn& progress, const CriuNotifyFn& on_event) {
+  // One CRIU dump at a time: CRIU's parasite mounts /proc at `proc.crtools` in each dumped
+  // task's working directory, so two dumps of tasks sharing a directory fail with EEXIST.
+  std::lock_guard one_dump(dump_mu_);
+  return criu.Dump(request, [&](const std::string& event) {
+    Report(progress, "criu", event);
+    if (on_event) on_event(event);
+  });
+}
+
+Result<CheckpointReport> Agent::Checkpoint(const std::string& name, bool leave_running, const ProgressFn& progress) {
+  ELSA_RETURN_IF_ERROR(ValidateIdentifier("session name", name));
+  const auto start = Clock::now();
+  ELSA_ASSIGN_OR_RETURN(auto claimed, ClaimRunning(name));
+  const SessionInfo info = claimed.first;  // not a structured binding: lambdas below capture it
+  const uint64_t serial = claimed.second;
+
+  auto report = [&]() -> Result<CheckpointReport> {
+    ELSA_ASSIGN_OR_RETURN(std::string criu_binary, CriuBinary());
+    CriuDriver criu(criu_binary);
+    ELSA_ASSIGN_OR_RETURN(std::string criu_version, criu.Version());
+    std::string id = NewCheckpointId(name);
+    ELSA_ASSIGN_OR_RETURN(PendingCheckpoint pending, store_.Begin(id));
+    ELSA_ASSIGN_OR_RETURN(UniqueFd dir_fd, OpenDirectory(pending.dir()));
+    // From the dump's first page until the manifest names them all, no collection may run.
+    PagesPin pin = pages_->Pin();
+
+    Manifest manifest = ManifestFor(info, criu_version);
+    manifest.leave_running = leave_running;
+
+    Report(progress, "dump", "freezing and dumping pid " + std::to_string(info.pid) + " with CRIU " + criu_version +
+                                 ", pages into the page store");
+    ELSA_ASSIGN_OR_RETURN(std::unique_ptr<PageIntake> intake, pages_->StartIntake(pending.dir()));
+    CriuDumpRequest dump = intake->DumpRequest(info.pid, dir_fd.get());
+    dump.leave_running = leave_running;
+    Result<CriuOutcome> dumped = SerializedDump(criu, dump, progress);
+    Result<page_server::ReceiverStats> received = intake->Finish(dumped.ok());
+    if (!dumped.ok()) return dumped.status();
+    if (!received.ok()) return received.status().WithContext("taking in the dump's pages");
+    const CriuOutcome& outcome = *dumped;
+    manifest.pages_in_store = true;
+    manifest.pages = received->pages_present;
+    manifest.pages_new = received->pages_new;
+    ProgressEvent stored = ProgressEvent::Of("pages", std::to_string(received->pages_present) + " pages, " +
+                                      std::to_string(received->pages_new) + " new to the store");
+    stored.pages = received->pages_present;
+    stored.bytes_done = received->pages_new * page_server::kPageSize;
+    Report(progress, std::move(stored));
+    CheckpointReport out;
+    out.dump_seconds = outcome.seconds;
+    out.criu_events = outcome.notifications;
+    manifest.dump_seconds = outcome.seconds;
+    if (!leave_running) manifest.network_lock_table = CriuNetworkLockTableOf(pending.dir());
+
+    if (!leave_running) {
+      // CRIU has killed the tree; wait until it is reaped so "gone" means gone.
+      std::unique_lock lock(mu_);
+      for (auto& [n, s] : sessions_)
+        if (s->serial == serial) s->info.state = SessionState::kCheckpointed;
+      if (!WaitForExit(lock, serial, 10))
+        config_.log.With("session", name).Warning("not reaped 10 s after its dump");
+    }
+
+    Report(progress, "commit", "checksumming and syncing the images");
+    const auto commit_start = Clock::now();
+    if (Status synced = pages_->Sync(); !synced.ok()) {
+      if (leave_running) return synced;
+      // The session is gone and these images are all that is left of it: keep them regardless.
+      config_.log.With("session", name).With("op", "checkpoint").Error(synced.ToString());
+    }
+    ELSA_ASSIGN_OR_RETURN(out.manifest, pending.Commit(std::move(manifest), /*keep_on_failure=*/!leave_running));
+    out.commit_seconds = SecondsSince(commit_start);
+    out.total_seconds = SecondsSince(start);
+    {
+      std::lock_guard lock(mu_);
+      for (auto& [n, s] : sessions_)
+        if (s->serial == serial) s->info.last_checkpoint = out.manifest.id;
+    }
+    return out;
+  }();
+  ClearBusy(serial);
+  if (!report.ok()) return report.status().WithContext("checkpoint of session '" + name + "'");
+  return report;
+}
+
+Result<RestoreReport> Agent::Restore(const std::string& checkpoint_id, const RestoreOptions& options,
+                                     const ProgressFn& progress) {
+  ELSA_ASSIGN_OR_RETURN(Manifest manifest, store_.Load(checkpoint_id));
+  const std::string name = options.name.empty() ? manifest.session_name : options.name;
+  ELSA_RETURN_IF_ERROR(ValidateIdentifier("session name", name));
+  ELSA_ASSIGN_OR_RETURN(NameReservation reserved,
+                        NameReservation::Take(*host_, name).WithContext("restore under another name with --name"));
+  return RestoreReserved(checkpoint_id, name, manifest, options.lazy, progress);
+}
+
+Result<RestoreReport> Agent::RestoreReserved(const std::string& checkpoint_id, const std::string& name,
+                                             const Manifest& manifest, bool lazy, const ProgressFn& progress) {
+  const auto start = Clock::now();
+  ELSA_RETURN_IF_ERROR(ValidateIdentifier("session name", name));
+  if (lazy && !manifest.pages_in_store)
+    return Status::InvalidArgument("checkpoint " + checkpoint_id +
+                                   " predates the page store (its pages are files); restore it without --lazy");
+  auto report = [&]() -> Result<RestoreReport> {
+    RestoreReport out;
+    out.checkpoint_id = checkpoint_id;
+    out.lazy = lazy;
+    const std::string checkpoint_dir = store_.PathOf(checkpoint_id);
+    ProgressEvent verifying = ProgressEvent::Of("verify", "checking " + std::to_string(manifest.files.size()) + " files (" +
+                                          std::to_string(manifest.TotalBytes()) + " bytes) against the manifest");
+    verifying.bytes_total = manifest.TotalBytes();
+    Report(progress, std::move(verifying));
+    const auto verify_start = Clock::now();
+    ELSA_RETURN_IF_ERROR(store_.Verify(manifest));
+    // An eager restore reads and checks every page as it writes the images; a lazy one checks
+    // each page as it serves it, so here only that every page is there.
+    if (manifest.pages_in_store && lazy) ELSA_RETURN_IF_ERROR(pages_->VerifyPages(checkpoint_dir, false));
+    out.verify_seconds = SecondsSince(verify_start);
+
+    ELSA_ASSIGN_OR_RETURN(std::string criu_binary, CriuBinary());
+    CriuDriver criu(criu_binary);
+    // CRIU reads the images from, and writes its log into, a scratch directory: the checkpoint
+    // stays pristine. Store-backed checkpoints have their pages images built there.
+    const std::string staging = config_.state_dir + "/run/restore-" + name;
+    ELSA_ASSIGN_OR_RETURN(ScopedPath cleanup, ScopedPath::MakeDirectory(staging));
+    std::string images_dir = checkpoint_dir;
+    if (manifest.pages_in_store) {
+      ProgressEvent writing = ProgressEvent::Of("pages", lazy ? "writing the pages CRIU needs first; the rest will be served lazily"
+                                          : "writing " + std::to_string(manifest.pages) + " pages from the store");
+      writing.pages = manifest.pages;
+      Report(progress, std::move(writing));
+      const auto materialize_start = Clock::now();
+      ELSA_ASSIGN_OR_RETURN(page_server::MaterializeStats made,
+                            pages_->Materialize(checkpoint_dir, staging, lazy));
+      out.materialize_seconds = SecondsSince(materialize_start);
+      out.pages_materialized = made.pages_written;
+      out.pages_lazy = made.pages_lazy;
+      images_dir = staging;
+    }
+    std::unique_ptr<LazyPageSupply> supply;
+    if (lazy) {
+      Report(progress, "lazy", "starting criu lazy-pages and our lazy page server for " +
+                                   std::to_string(out.pages_lazy) + " pages");
+      ELSA_ASSIGN_OR_RETURN(supply, pages_->StartLazySupply(criu, checkpoint_dir, staging));
+      cleanup.Keep();  // the staging directory is the lazy daemon's until it is done
+    }
+    SessionInfo info;
+    info.name = name;
+    info.command = manifest.command;
+    info.workdir = manifest.workdir;
+    info.started_at = manifest.session_started_at;
+    info.restored_from = checkpoint_id;
+    info.last_checkpoint = checkpoint_id;
+    Report(progress, "restore", "restoring with CRIU from " + checkpoint_dir + (lazy ? " (lazily)" : ""));
+    CriuOutcome outcome;
+    ELSA_ASSIGN_OR_RETURN(out.session, RestoreAndAdopt(std::move(info), manifest.output_pipes, images_dir, staging,
+                                                       std::move(supply), progress, &outcome));
+    out.restore_seconds = outcome.seconds;
+    out.criu_events = outcome.notifications;
+    out.total_seconds = SecondsSince(start);
+    return out;
+  }();
+  if (!report.ok()) return report.status().WithContext("restore of " + checkpoint_id);
+  return report;
+}
+
+Result<SessionInfo> Agent::RestoreAndAdopt(SessionInfo info, const std::vector<std::string>& output_pipes,
+                                           const std::string& images_dir, const std::string& staging,
+                                           std::unique_ptr<LazyPageSupply> supply, const ProgressFn& progress,
+                                           CriuOutcome* outcome) {
+  ELSA_ASSIGN_OR_RETURN(std::string criu_binary, CriuBinary());
+  CriuDriver criu(criu_binary);
+  auto remove_staging = [&] {
+    if (supply) (void)RemoveTree(staging);  // the supply's daemon worked there; nobody else will
+  };
+  std::unique_ptr<Session> replaced;  // an exited session of the same name, destroyed unlocked
+  auto restored = [&]() -> Result<SessionInfo> {
+    ELSA_ASSIGN_OR_RETURN(UniqueFd images_fd, OpenDirectory(images_dir));
+    ELSA_ASSIGN_OR_RETURN(UniqueFd work_fd, OpenDirectory(staging));
+    ELSA_ASSIGN_OR_RETURN(OutputPipe pipe, OutputPipe::Create());
+    CriuRestoreRequest request{images_fd.get(), work_fd.get(), {}, supply != nullptr};
+    for (const auto& key : output_pipes) request.inherit_fds.emplace_back(key, pipe.write_end.get());
+    ELSA_ASSIGN_OR_RETURN(*outcome, criu.Restore(request, [&](const std::string& event) { Report(progress, "criu", event); }));
+    pipe.write_end.Reset();
+    info.pid = outcome->restored_pid;
+    info.paging_in = supply != nullptr;
+    std::lock_guard lock(mu_);
+    ELSA_ASSIGN_OR_RETURN(SessionInfo adopted, AdoptLocked(std::move(info), std::move(pipe.read_end), &replaced));
+    if (supply) FinishPagingIn(sessions_.at(adopted.name)->serial, std::move(supply), staging);
+    return adopted;
+  }();
+  if (!restored.ok()) remove_staging();
+  return restored;
+}
+
+void Agent::FinishPagingIn(uint64_t serial, std::unique_ptr<LazyPageSupply> supply, std::string staging) {
+  // std::function needs a copyable callable: the supply rides in a shared_ptr.
+  std::shared_ptr<LazyPageSupply> shared(std::move(supply));
+  paging_threads_.Start([this, serial, supply = std::move(shared), staging = std::move(staging)] {
+    const auto start = Clock::now();
+    Result<page_server::LazyServeStats> served = supply->Wait();
+    (void)RemoveTree(staging);
+    std::lock_guard lock(mu_);
+    for (auto& [n, s] : sessions_) {
+      if (s->serial != serial) continue;
+      s->info.paging_in = false;
+      s->info.lazy_seconds = SecondsSince(start);
+      if (served.ok()) {
+        s->info.lazy_pages_served = served->pages_served;
+      } else {
+        s->info.lazy_error = served.status().ToString();
+        config_.log.With("session", n).With("op", "lazy-restore").Error(s->info.lazy_error);
+      }
+    }
+  });
+}
+
+Result<std::vector<Manifest>> Agent::Checkpoints() const { return store_.List(); }
+
+Result<CollectReport> Agent::RemoveCheckpoint(const std::string& checkpoint_id) {
+  auto manifest = store_.Load(checkpoint_id);  // a damaged checkpoint can still be removed
+  ELSA_RETURN_IF_ERROR(store_.Remove(checkpoint_id));
+  // Never restored here, CRIU's lock on the dead connections would outlive the checkpoint.
+  if (manifest.ok() && !manifest->network_lock_table.empty())
+    (void)DropCriuNetworkLock(manifest->network_lock_table);
+  return CollectGarbage().WithContext("removed " + checkpoint_id + ", but reclaiming its pages failed");
+}
+
+Result<Manifest> Agent::VerifyCheckpoint(const std::string& checkpoint_id) const {
+  ELSA_ASSIGN_OR_RETURN(Manifest manifest, store_.Load(checkpoint_id));
+  ELSA_RETURN_IF_ERROR(store_.Verify(manifest));
+  if (manifest.pages_in_store) ELSA_RETURN_IF_ERROR(pages_->VerifyPages(store_.PathOf(checkpoint_id), true));
+  return manifest;
+}
+
+Result<CollectReport> Agent::CollectGarbage() {
+  // Listed once collection has its gate: a checkpoint that committed while it waited counts.
+  return pages_->Collect([this]() -> Result<std::vector<std::string>> {
+    ELSA_ASSIGN_OR_RETURN(std::vector<Manifest> all, store_.List());
+    std::vector<std::string> dirs;
+    for (const Manifest& m : all)
+      if (m.pages_in_store) dirs.push_back(store_.PathOf(m.id));
+    return dirs;
+  });
+}
+
+Agent::PageStoreReport Agent::PageStoreStats() const {
+  const auto stats = pages_->Stats();
+  return {stats.unique_pages, stats.stored_bytes};
+}
+
+Result<MigrateReport> Agent::Migrate(const std::string& name, const MigrateOptions& options,
+                                     const ProgressFn& progress) {
+  return MigrationSource(*host_, name, options, progress).Run();
+}
+
+Status Agent::AcceptMigration(transport::Channel& channel) { return MigrationDestination(*host_, channel).Run(); }
+
+}  // namespace elsa

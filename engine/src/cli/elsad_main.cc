@@ -1,0 +1,171 @@
+// elsad: the per-host Elsa agent. Runs as root, serves the JSON-lines API on a Unix socket.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
+
+#include "elsa/engine/agent.h"
+#include "elsa/engine/peer_server.h"
+#include "elsa/engine/api.h"
+#include "elsa/file_util.h"
+#include "elsa/log.h"
+
+#ifndef ELSA_DEFAULT_CRIU_PREFIX
+#define ELSA_DEFAULT_CRIU_PREFIX ""
+#endif
+
+namespace {
+
+// Detaches into the background; the parent returns only once the child reports that it is
+// serving (or why it could not), so `elsad --daemon && elsa ps` is race-free.
+int Daemonize(const std::string& log_path, int* ready_fd) {
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC) != 0) return -1;
+  pid_t pid = ::fork();
+  if (pid < 0) return -1;
+  if (pid > 0) {
+    ::close(p[1]);
+    char status = 0;
+    ssize_t n = ::read(p[0], &status, 1);
+    if (n == 1 && status == 'R') {
+      std::printf("elsad started in the background (pid %d); log: %s\n", pid, log_path.c_str());
+      std::exit(0);
+    }
+    std::fprintf(stderr, "elsad failed to start; see %s\n", log_path.c_str());
+    std::exit(1);
+  }
+  ::close(p[0]);
+  ::setsid();
+  int log = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (log < 0 || devnull < 0) return -1;
+  ::dup2(devnull, 0);
+  ::dup2(log, 1);
+  ::dup2(log, 2);
+  ::close(log);
+  ::close(devnull);
+  *ready_fd = p[1];
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"elsad: the Elsa agent. Runs sessions, checkpoints and restores them with CRIU."};
+  std::string socket_path = elsa::kDefaultSocketPath;
+  elsa::AgentConfig config;
+  const char* env_criu = std::getenv("ELSA_CRIU");
+  config.criu.explicit_binary = env_criu ? env_criu : "";
+  config.criu.prefix = ELSA_DEFAULT_CRIU_PREFIX;
+  bool daemon = false;
+  app.add_option("--socket", socket_path, "Unix socket of the API")->capture_default_str();
+  app.add_option("--state-dir", config.state_dir, "sessions, logs and the checkpoint store")->capture_default_str();
+  app.add_option("--criu", config.criu.explicit_binary, "CRIU binary to use (default: $ELSA_CRIU, the bootstrap's build, then PATH)");
+  app.add_option("--criu-prefix", config.criu.prefix, "prefix holding sbin/criu, as built by tools/bootstrap")->capture_default_str();
+  app.add_flag("--daemon", daemon, "run in the background, logging to STATE_DIR/elsad.log");
+  std::string listen, secret_file;
+  app.add_option("--listen", listen, "HOST[:PORT] where other agents reach this one for migrations (port 7077)");
+  app.add_option("--peer-secret-file", secret_file,
+                 "file holding the secret shared by every agent (needed to migrate, to or from here)");
+  app.add_option("--peer-transport", config.peer_backend, "tcp or uring, between agents")->capture_default_str();
+  int peer_timeout_s = config.peer_timeout_ms / 1000;
+  app.add_option("--peer-timeout", peer_timeout_s,
+                 "seconds a peer or link may stay silent before a migration fails (and is rolled back)")
+      ->check(CLI::Range(1, 3600))
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  if (::geteuid() != 0) {
+    std::fprintf(stderr, "elsad: must run as root (CRIU needs it); try: sudo %s\n", argv[0]);
+    return 1;
+  }
+  config.peer_timeout_ms = peer_timeout_s * 1000;
+  // The agent's own lines, in its log (stderr, or STATE_DIR/elsad.log with --daemon).
+  config.log = elsa::Logger([](const elsa::LogLine& line) {
+    const char* level = line.level == elsa::LogLevel::kInfo ? "" : line.level == elsa::LogLevel::kWarning ? "warning: " : "error: ";
+    std::fprintf(stderr, "elsad: %s%s\n", level, elsa::Logger::Format(line).c_str());
+  });
+  if (!secret_file.empty()) {
+    auto secret = elsa::ReadFile(secret_file, 4096);
+    if (!secret.ok()) {
+      std::fprintf(stderr, "elsad: %s\n", secret.status().message().c_str());
+      return 1;
+    }
+    config.peer_secret = *secret;
+    while (!config.peer_secret.empty() && (config.peer_secret.back() == '\n' || config.peer_secret.back() == '\r'))
+      config.peer_secret.pop_back();
+    if (config.peer_secret.size() < 16) {
+      std::fprintf(stderr, "elsad: the peer secret in %s is shorter than 16 characters\n", secret_file.c_str());
+      return 1;
+    }
+  }
+  int ready_fd = -1;
+  if (daemon) {
+    if (elsa::Status s = elsa::MakeDirs(config.state_dir, 0700); !s.ok()) {
+      std::fprintf(stderr, "elsad: %s\n", s.message().c_str());
+      return 1;
+    }
+    if (Daemonize(config.state_dir + "/elsad.log", &ready_fd) != 0) {
+      std::perror("elsad: daemonize");
+      return 1;
+    }
+  }
+
+  // Signals are taken by one thread with sigwait; every other thread (and every child, which
+  // resets its mask) never sees them asynchronously.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+
+  elsa::Agent agent(config);
+  if (elsa::Status s = agent.Open(); !s.ok()) {
+    std::fprintf(stderr, "elsad: %s\n", s.message().c_str());
+    return 1;
+  }
+  auto criu = agent.CriuBinary();
+  if (criu.ok()) std::fprintf(stderr, "elsad: using CRIU %s\n", criu->c_str());
+  else std::fprintf(stderr, "elsad: warning: %s\n", criu.status().message().c_str());
+
+  elsa::ApiServer server(agent, socket_path);
+  if (elsa::Status s = server.Listen(); !s.ok()) {
+    std::fprintf(stderr, "elsad: %s\n", s.message().c_str());
+    return 1;
+  }
+  std::unique_ptr<elsa::PeerServer> peers;
+  if (!listen.empty()) {
+    auto started = elsa::PeerServer::Start(agent, listen);
+    if (!started.ok()) {
+      std::fprintf(stderr, "elsad: --listen %s: %s\n", listen.c_str(), started.status().message().c_str());
+      return 1;
+    }
+    peers = std::move(*started);
+    std::fprintf(stderr, "elsad: other agents reach this one at %s (port %u)\n", listen.c_str(), peers->port());
+  }
+  std::fprintf(stderr, "elsad: serving %s, state in %s\n", socket_path.c_str(), config.state_dir.c_str());
+  if (ready_fd >= 0) {
+    ssize_t ignored = ::write(ready_fd, "R", 1);
+    (void)ignored;
+    ::close(ready_fd);
+  }
+
+  std::atomic<bool> stop{false};
+  std::thread signal_thread([&] {
+    int sig = 0;
+    sigwait(&stop_signals, &sig);
+    std::fprintf(stderr, "elsad: %s received; stopping (sessions keep running)\n", strsignal(sig));
+    stop = true;
+  });
+  server.Serve(stop);
+  signal_thread.join();
+  return 0;
+}

@@ -1,0 +1,351 @@
+#include "migrate/source.h"
+
+#include <condition_variable>
+#include <cstdio>
+#include <exception>
+#include <future>
+#include <mutex>
+
+#include "elsa/page_server/criu_stats.h"
+#include "elsa/stopwatch.h"
+#include "migrate/image_files.h"
+#include "migrate/peer_reader.h"
+#include "migrate/postcopy.h"
+#include "migrate/protocol.h"
+#include "session/tree_memory.h"
+#include "store/checkpoint_pages.h"
+
+namespace elsa {
+namespace {
+
+using namespace std::chrono_literals;
+
+std::string MiB(uint64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+  return buf;
+}
+
+std::string Fixed(double value, int decimals) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.*f", decimals, value);
+  return buf;
+}
+
+}  // namespace
+
+MigrationSource::MigrationSource(MigrationHost& host, std::string name, MigrateOptions options, ProgressFn progress)
+    : host_(host),
+      name_(std::move(name)),
+      options_(std::move(options)),
+      progress_(std::move(progress)),
+      log_(host.log().With("session", name_).With("op", "migrate")),
+      stopped_(log_) {}
+
+MigrationSource::~MigrationSource() = default;
+
+Result<MigrateReport> MigrationSource::Run() {
+  ELSA_RETURN_IF_ERROR(ValidateIdentifier("session name", name_));
+  if (host_.config().peer_secret.empty())
+    return Status::FailedPrecondition("this agent has no peer secret: start elsad with --peer-secret-file");
+  ELSA_ASSIGN_OR_RETURN(destination_, peer::ParseHostPort(options_.to));
+  ELSA_ASSIGN_OR_RETURN(SessionClaim claim, SessionClaim::Take(host_, name_));
+  claim_.emplace(std::move(claim));
+  out_.session = name_;
+  out_.destination = destination_.first + ":" + std::to_string(destination_.second);
+  out_.address = destination_.first;
+  out_.mode = options_.mode;
+
+  if (Status st = Steps(); !st.ok()) return RollBack(st);
+  Finish();
+  return out_;
+}
+
+Status MigrationSource::Steps() {
+  // Every way out of a step is a Status: what a step throws is turned into one here, so the
+  // rollback below runs whatever went wrong.
+  try {
+    ELSA_RETURN_IF_ERROR(Connect());
+    ELSA_RETURN_IF_ERROR(Precopy());
+    ELSA_RETURN_IF_ERROR(PrepareDump());
+    ELSA_RETURN_IF_ERROR(FreezeGate());
+    ELSA_RETURN_IF_ERROR(Freeze());
+    ELSA_RETURN_IF_ERROR(ShipImages());
+    ELSA_RETURN_IF_ERROR(AwaitRestored());
+    ELSA_RETURN_IF_ERROR(PushMemory());
+    return Commit();
+  } catch (const std::exception& e) {
+    return Status::Internal(std::string("unexpected error: ") + e.what());
+  }
+}
+
+Status MigrationSource::Connect() {
+  ELSA_ASSIGN_OR_RETURN(transport::Backend backend, transport::ParseBackend(host_.config().peer_backend));
+  ELSA_ASSIGN_OR_RETURN(auto transport, transport::MakeTransport(backend));
+  Report(progress_, "connect", "to " + out_.destination);
+  ELSA_ASSIGN_OR_RETURN(channel_, transport->Connect({destination_.first, destination_.second},
+                                                     host_.config().PeerChannelOptions()));
+  const SessionInfo& info = claim_->info();
+  peer::Begin begin;
+  begin.session = {info.name, info.command, info.workdir, info.started_at};
+  begin.mode = options_.mode;
+  begin.memory_bytes = TreeResidentBytes(info.pid);
+  ELSA_RETURN_IF_ERROR(channel_->Send(peer::EncodeControl(begin), 0));
+  forward_ = std::make_unique<ForwardingSink>(*channel_, known_);
+  return peer::Expect<peer::Ready>(ReceiveControl(*channel_, 30s), "before the destination was ready")
+      .status()
+      .WithContext("waiting for the destination to get ready");
+}
+
+Status MigrationSource::Precopy() {
+  if (!HasPrecopyRounds(options_.mode)) return Status::Ok();
+  const auto precopy_start = Clock::now();
+  const pid_t pid = claim_->info().pid;
+  uint64_t previous_sent = UINT64_MAX;
+  std::vector<page_server::PageHash> hashes(256);
+  for (int round = 1; round <= options_.max_rounds; ++round) {
+    MigrationRound r;
+    const auto round_start = Clock::now();
+    ELSA_ASSIGN_OR_RETURN(TreeScanStats scan,
+                          ScanTreeMemory(pid, 256, [&](const uint8_t* pages, size_t count) -> Status {
+                            ELSA_ASSIGN_OR_RETURN(size_t sent, forward_->PutBatch(pages, count, hashes.data()));
+                            r.pages_sent += sent;
+                            return Status::Ok();
+                          }));
+    ELSA_RETURN_IF_ERROR(channel_->Flush(120s).WithContext("pre-copy round " + std::to_string(round)));
+    r.pages_scanned = scan.pages_present;
+    r.seconds = SecondsSince(round_start);
+    out_.rounds.push_back(r);
+    const uint64_t sent_bytes = r.pages_sent * transport::kPageSize;
+    out_.bytes_precopy += sent_bytes;
+    const double rate = static_cast<double>(sent_bytes) / std::max(r.seconds, 1e-3);
+    // What changed during this round is what the next one sends: the dirty rate.
+    const double dirty_rate = round > 1 ? rate : 0;
+    const double left_seconds = rate > 0 ? static_cast<double>(sent_bytes) / rate : 0;
+    ProgressEvent event;
+    event.phase = "precopy";
+    event.round = round;
+    event.bytes_done = sent_bytes;
+    event.bytes_total = r.pages_scanned * transport::kPageSize;
+    event.pages = r.pages_sent;
+    event.rate_bytes_per_s = rate;
+    event.eta_seconds = left_seconds;
+    event.seconds = r.seconds;
+    event.detail = "round " + std::to_string(round) + ": " + MiB(r.pages_scanned * transport::kPageSize) +
+                   " scanned, " + MiB(sent_bytes) + " sent in " + Fixed(r.seconds, 2) + " s (" +
+                   MiB(static_cast<uint64_t>(rate)) + "/s" +
+                   (round > 1 ? ", dirtied " + MiB(static_cast<uint64_t>(dirty_rate)) + "/s" : std::string()) +
+                   "); next round ~" + Fixed(left_seconds, 2) + " s";
+    Report(progress_, std::move(event));
+    // Stop once what is left fits in the downtime budget (post-copy: it costs no downtime but
+    // every page left is one the session may wait for on the destination), or when rounds stop
+    // shrinking it.
+    if (round > 1 && (left_seconds * 1000 <= options_.max_downtime_ms / 2.0 || r.pages_sent * 10 >= previous_sent * 9))
+      break;
+    previous_sent = r.pages_sent;
+  }
+  out_.precopy_seconds = SecondsSince(precopy_start);
+  return Status::Ok();
+}
+
+Status MigrationSource::PrepareDump() {
+  ELSA_ASSIGN_OR_RETURN(CriuDriver criu, host_.Criu());
+  criu_.emplace(std::move(criu));
+  ELSA_ASSIGN_OR_RETURN(std::string criu_version, criu_->Version());
+  const std::string dir = host_.config().state_dir + "/run/migrate-" + name_;
+  ELSA_ASSIGN_OR_RETURN(dump_dir_, ScopedPath::MakeDirectory(dir));
+  criu_conf_ = ScopedPath(dir + ".criu.conf");
+  manifest_ = host_.ManifestFor(claim_->info(), criu_version);
+  manifest_.id = "migrating";  // B names the checkpoint it commits
+  return Status::Ok();
+}
+
+Status MigrationSource::FreezeGate() {
+  if (!options_.before_freeze) return Status::Ok();
+  Report(progress_, "gate", "pre-copy done; waiting for the go to freeze");
+  return options_.before_freeze();
+}
+
+Status MigrationSource::Freeze() {
+  frozen_at_ = Clock::now();
+  wire_before_stop_ = channel_->Stats().payload_bytes_sent;
+  ELSA_RETURN_IF_ERROR(IsPostcopy(options_.mode) ? FreezeLazily() : FreezeWithPages());
+  out_.dump_seconds = SecondsSince(frozen_at_);
+  if (IsPostcopy(options_.mode)) {
+    ELSA_ASSIGN_OR_RETURN(LazyPlan plan, LazyPlan::FromImages(dump_dir_.path()));
+    plan_.emplace(std::move(plan));
+    out_.pages_lazy = plan_->pages();
+  }
+  return Status::Ok();
+}
+
+// CRIU hands the pages to our receiver, which forwards those B lacks.
+Status MigrationSource::FreezeWithPages() {
+  const pid_t pid = claim_->info().pid;
+  Report(progress_, "freeze", "freezing and dumping pid " + std::to_string(pid) + "; sending the pages " +
+                                  out_.destination + " lacks");
+  ELSA_ASSIGN_OR_RETURN(UniqueFd dir_fd, OpenDirectory(dump_dir_.path()));
+  ELSA_ASSIGN_OR_RETURN(std::unique_ptr<PageIntake> intake, host_.pages().StartIntake(dump_dir_.path(), forward_.get()));
+  CriuDumpRequest dump = intake->DumpRequest(pid, dir_fd.get());
+  dump.leave_stopped = true;
+  Result<CriuOutcome> dumped = host_.SerializedDump(*criu_, dump, progress_, {});
+  Result<page_server::ReceiverStats> received = intake->Finish(dumped.ok());
+  if (!dumped.ok()) return dumped.status();  // CRIU thawed the tree itself
+  stopped_.Take(pid, CriuNetworkLockTableOf(dump_dir_.path()));
+  if (!received.ok()) return received.status().WithContext("forwarding the dump's pages");
+  out_.pages_dumped = received->pages_present;
+  out_.pages_deduplicated = received->pages_present - received->pages_new;
+  manifest_.pages_in_store = true;
+  manifest_.pages = received->pages_present;
+  manifest_.pages_new = received->pages_new;
+  manifest_.dump_seconds = dumped->seconds;
+  // CRIU's own measure of stopping the tree. (A lazy dump's statistics are useless: CRIU's
+  // lazy-pages server resets them before they are written.)
+  if (auto stats = page_server::ReadCriuDumpStats(dump_dir_.path()); stats.ok())
+    out_.freeze_seconds = stats->freezing_seconds;
+  return Status::Ok();
+}
+
+// The memory stays in the stopped tree: CRIU writes everything else, says "status-ready" and
+// waits for a lazy-pages client, which we are, asking for nothing.
+Status MigrationSource::FreezeLazily() {
+  const pid_t pid = claim_->info().pid;
+  Report(progress_, "freeze", "freezing and dumping pid " + std::to_string(pid) +
+                                  " without its memory, which follows the session to " + out_.destination);
+  ELSA_ASSIGN_OR_RETURN(uint16_t lazy_port, page_server::FreeLoopbackPort());
+  ELSA_RETURN_IF_ERROR(WriteFileAtomic(criu_conf_.path(), "address 127.0.0.1\n"));
+  ELSA_ASSIGN_OR_RETURN(UniqueFd dir_fd, OpenDirectory(dump_dir_.path()));
+  CriuDumpRequest dump;
+  dump.pid = pid;
+  dump.images_dir_fd = dump.work_dir_fd = dir_fd.get();
+  dump.leave_stopped = true;
+  dump.lazy_pages_port = lazy_port;
+  dump.config_file = criu_conf_.path();
+  // Woken by CRIU's "status-ready" (images written) or by the dump ending (it failed).
+  std::mutex mu;
+  std::condition_variable changed;
+  bool images_written = false, dump_over = false;
+  auto dumping = std::async(std::launch::async, [&] {
+    Result<CriuOutcome> outcome = host_.SerializedDump(*criu_, dump, progress_, [&](const std::string& event) {
+      if (event != "status-ready") return;
+      std::lock_guard lock(mu);
+      images_written = true;
+      changed.notify_all();
+    });
+    std::lock_guard lock(mu);
+    dump_over = true;
+    changed.notify_all();
+    return outcome;
+  });
+  bool ready = false;
+  {
+    std::unique_lock lock(mu);
+    changed.wait(lock, [&] { return images_written || dump_over; });
+    ready = images_written;
+  }
+  Status closed = ready ? page_server::CloseLazyDumpServer(lazy_port, 30s) : Status::Ok();
+  Result<CriuOutcome> dumped = dumping.get();
+  if (!dumped.ok()) return dumped.status();  // CRIU thawed the tree itself
+  stopped_.Take(pid, CriuNetworkLockTableOf(dump_dir_.path()));
+  manifest_.dump_seconds = dumped->seconds;
+  return closed;
+}
+
+Status MigrationSource::ShipImages() {
+  const auto transfer = Clock::now();
+  ProgressEvent event;
+  event.phase = "transfer";
+  if (plan_) {
+    event.pages = plan_->pages();
+    event.detail = "sending the images; " + MiB(plan_->pages() * transport::kPageSize) + " of memory follows";
+  } else {
+    event.pages = out_.pages_dumped - out_.pages_deduplicated;
+    event.detail = std::to_string(out_.pages_dumped - out_.pages_deduplicated) + " pages changed since pre-copy, " +
+                   std::to_string(out_.pages_deduplicated) + " already there; sending the images";
+  }
+  Report(progress_, std::move(event));
+  ELSA_RETURN_IF_ERROR(SendDirectoryFiles(*channel_, dump_dir_.path()).status().WithContext("sending the images"));
+  ELSA_RETURN_IF_ERROR(channel_->Flush(300s).WithContext("delivering the images"));
+  out_.transfer_seconds = SecondsSince(transfer);
+  out_.bytes_stop = channel_->Stats().payload_bytes_sent - wire_before_stop_;
+  return Status::Ok();
+}
+
+Status MigrationSource::AwaitRestored() {
+  Report(progress_, "restore", "restoring on " + out_.destination);
+  const auto restore = Clock::now();
+  // precopy: B restores lazily too, but from its own store: A is not needed once it runs.
+  ELSA_RETURN_IF_ERROR(channel_->Send(peer::EncodeControl(peer::Restore{manifest_, /*lazy=*/true}), 0));
+  // Made before `restored` can come: B's session may fault before its restore is even reported.
+  if (plan_)
+    pusher_ = std::make_unique<PostcopyPusher>(*channel_, *plan_, HostPidsByVirtualPid(claim_->info().pid), known_);
+  ELSA_ASSIGN_OR_RETURN(peer::Restored restored,
+                        peer::Expect<peer::Restored>(pusher_ ? pusher_->AwaitControl(300s) : ReceiveControl(*channel_, 300s),
+                                                     "while the destination restored"));
+  out_.downtime_seconds = SecondsSince(frozen_at_);
+  out_.restore_seconds = SecondsSince(restore);
+  out_.resume_seconds = restored.resume_seconds;
+  out_.pid = restored.pid;
+  out_.checkpoint_id = restored.checkpoint;
+  if (!plan_) out_.pages_lazy = restored.pages_lazy;
+  Report(progress_, "running",
+         "on " + out_.destination + " after " + Fixed(out_.downtime_seconds * 1000, 0) + " ms of downtime");
+  return Status::Ok();
+}
+
+Status MigrationSource::PushMemory() {
+  if (!pusher_) return Status::Ok();
+  const auto pushing = Clock::now();
+  const auto before = channel_->Stats().payload_bytes_sent;
+  auto report_push = [&](uint64_t done, uint64_t total) {
+    const double seconds = SecondsSince(pushing);
+    const double rate = static_cast<double>(done * transport::kPageSize) / std::max(seconds, 1e-3);
+    const double eta = rate > 0 ? static_cast<double>((total - done) * transport::kPageSize) / rate : 0;
+    ProgressEvent event;
+    event.phase = "postcopy";
+    event.bytes_done = done * transport::kPageSize;
+    event.bytes_total = total * transport::kPageSize;
+    event.pages = done;
+    event.rate_bytes_per_s = rate;
+    event.eta_seconds = eta;
+    event.detail = MiB(done * transport::kPageSize) + " of " + MiB(total * transport::kPageSize) + " (" +
+                   std::to_string(total ? done * 100 / total : 100) + "%), " + MiB(static_cast<uint64_t>(rate)) +
+                   "/s, ETA " + Fixed(eta, 1) + " s";
+    Report(progress_, std::move(event));
+  };
+  ELSA_ASSIGN_OR_RETURN(PushStats pushed, pusher_->Push(std::chrono::milliseconds(host_.config().peer_timeout_ms),
+                                                        report_push));
+  pusher_.reset();  // its reader would take the destination's `committed`
+  out_.postcopy_seconds = SecondsSince(pushing);
+  out_.bytes_postcopy = channel_->Stats().payload_bytes_sent - before;
+  out_.pages_postcopy = pushed.pages_sent + pushed.pages_faulted;
+  out_.pages_faulted = pushed.pages_faulted;
+  out_.pages_deduplicated = pushed.pages_referenced;
+  out_.pages_dumped = plan_->pages();
+  return Status::Ok();
+}
+
+Status MigrationSource::Commit() {
+  ELSA_RETURN_IF_ERROR(channel_->Send(peer::EncodeControl(peer::Commit{}), 0));
+  return peer::Expect<peer::Committed>(ReceiveControl(*channel_, 60s), "after the commit").status();
+}
+
+void MigrationSource::Finish() {
+  // B runs the session and holds all of it: the stopped copy here ends, and so does CRIU's
+  // lock on its connections.
+  stopped_.End();
+  claim_->Forget(10);
+  out_.wire_bytes = channel_->Stats().wire_bytes_sent;
+  (void)channel_->Close(10s);
+  out_.total_seconds = SecondsSince(start_);
+}
+
+Status MigrationSource::RollBack(const Status& why) {
+  pusher_.reset();
+  if (channel_) (void)channel_->Send(peer::EncodeControl(peer::Abort{why.message()}), 0);
+  if (Status resumed = stopped_.Resume(); !resumed.ok()) log_.Error("resuming the session: " + resumed.ToString());
+  claim_.reset();
+  return why.WithContext("migration of '" + name_ + "' to " + out_.destination + " failed; it is running here");
+}
+
+}  // namespace elsa

@@ -1,0 +1,78 @@
+// The source's half of a live migration (A), as the timeline's steps in order. Run() reads as
+// the timeline; each step is a function returning its error. Any failure, at any step and by
+// any means (an error, an exception), resumes the session here and says so: the session's
+// stopped copy ends only after the destination has committed (StoppedTree).
+//
+//   connect -> precopy -> prepare the dump -> freeze gate -> freeze -> ship images
+//           -> await restored -> push memory (post-copy) -> commit
+//
+// protocol.h has the conversation; destination.h the other half.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "elsa/engine/migration.h"
+#include "elsa/engine/progress.h"
+#include "elsa/file_util.h"
+#include "elsa/log.h"
+#include "elsa/transport/transport.h"
+#include "migrate/host.h"
+#include "migrate/known_pages.h"
+#include "migrate/lazy_plan.h"
+#include "migrate/stopped_tree.h"
+
+namespace elsa {
+
+class MigrationSource {
+ public:
+  MigrationSource(MigrationHost& host, std::string name, MigrateOptions options, ProgressFn progress);
+  ~MigrationSource();
+
+  Result<MigrateReport> Run();
+
+ private:
+  using Clock = std::chrono::steady_clock;
+
+  Status Steps();
+  Status Connect();       // the channel to B; `begin` -> `ready`
+  Status Precopy();       // rounds over the running tree's memory: each page once per content
+  Status PrepareDump();   // CRIU located and asked its version, the dump's directory, the manifest
+  Status FreezeGate();    // the caller's go (elsa-hub-service pauses its browsers here)
+  Status Freeze();        // CRIU stops and dumps the tree (pre-copy: B's missing pages forwarded)
+  Status FreezeWithPages();
+  Status FreezeLazily();
+  Status ShipImages();    // the image files to B
+  Status AwaitRestored(); // `restore` -> `restored`: B runs the session
+  Status PushMemory();    // post-copy: every page B lacks, while the session runs there
+  Status Commit();        // `commit` -> `committed`: B's copy is the session now
+  void Finish();          // the stopped copy here ends; the session is forgotten here
+  Status RollBack(const Status& why);
+
+  MigrationHost& host_;
+  const std::string name_;
+  const MigrateOptions options_;
+  const ProgressFn progress_;
+  Logger log_;
+  const Clock::time_point start_ = Clock::now();
+
+  std::optional<SessionClaim> claim_;
+  std::pair<std::string, uint16_t> destination_;
+  std::unique_ptr<transport::Channel> channel_;
+  KnownPages known_;
+  std::unique_ptr<ForwardingSink> forward_;
+  std::optional<CriuDriver> criu_;
+  ScopedPath dump_dir_;
+  ScopedPath criu_conf_;
+  Manifest manifest_;
+  StoppedTree stopped_;
+  Clock::time_point frozen_at_;
+  uint64_t wire_before_stop_ = 0;
+  std::optional<LazyPlan> plan_;
+  std::unique_ptr<class PostcopyPusher> pusher_;
+  MigrateReport out_;
+};
+
+}  // namespace elsa
