@@ -4,7 +4,6 @@
 #pragma once
 
 #include <atomic>
-#include <functional>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -19,7 +18,9 @@ class ThreadSet {
   ThreadSet& operator=(const ThreadSet&) = delete;
   ~ThreadSet() { JoinAll(); }
 
-  void Start(std::function<void()> work) {
+  // `work` may be move-only (it may own what the thread works on).
+  template <typename Work>
+  void Start(Work work) {
     std::lock_guard lock(mu_);
     for (auto it = threads_.begin(); it != threads_.end();) {
       if ((*it)->done) {
@@ -31,7 +32,7 @@ class ThreadSet {
     }
     auto entry = std::make_unique<Entry>();
     Entry* self = entry.get();
-    entry->thread = std::thread([self, work = std::move(work)] {
+    entry->thread = std::thread([self, work = std::move(work)]() mutable {
       work();
       self->done = true;
     });

@@ -533,9 +533,7 @@ Result<SessionInfo> Agent::RestoreAndAdopt(SessionInfo info, const std::vector<s
 }
 
 void Agent::FinishPagingIn(uint64_t serial, std::unique_ptr<LazyPageSupply> supply, std::string staging) {
-  // std::function needs a copyable callable: the supply rides in a shared_ptr.
-  std::shared_ptr<LazyPageSupply> shared(std::move(supply));
-  paging_threads_.Start([this, serial, supply = std::move(shared), staging = std::move(staging)] {
+  paging_threads_.Start([this, serial, supply = std::move(supply), staging = std::move(staging)] {
     const auto start = Clock::now();
     Result<page_server::LazyServeStats> served = supply->Wait();
     (void)RemoveTree(staging);

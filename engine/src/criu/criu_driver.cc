@@ -230,7 +230,7 @@ Status DropCriuNetworkLock(const std::string& table) {
   const std::string name = table.substr(5);
   std::string nft;
   for (const char* dir : {"/usr/sbin", "/sbin", "/usr/bin", "/bin"})
-    if (::access((std::string(dir) + "/nft").c_str(), X_OK) == 0) {
+    if (IsExecutableFile(std::string(dir) + "/nft")) {
       nft = std::string(dir) + "/nft";
       break;
     }

@@ -2,13 +2,13 @@
 
 #include <signal.h>
 
-#include <exception>
 #include <mutex>
 
 #include "migrate/image_files.h"
 #include "migrate/lazy_plan.h"
 #include "migrate/peer_reader.h"
 #include "migrate/postcopy.h"
+#include "migrate/steps.h"
 #include "session/host_memory.h"
 #include "store/checkpoint_pages.h"
 
@@ -66,18 +66,12 @@ Status MigrationDestination::Run() {
   return restored_pid_ > 0 ? EndCopy(st) : Refuse(st);
 }
 
+// A failing step is refused or ended in Run(), never a crash of the agent, whose PeerServer
+// thread this is.
 Status MigrationDestination::Steps() {
-  // What a step throws is a failure like any other: refused or ended below, never a crash of
-  // the agent, whose PeerServer thread this is.
-  try {
-    ELSA_RETURN_IF_ERROR(Begin());
-    ELSA_RETURN_IF_ERROR(ReceiveImages());
-    ELSA_RETURN_IF_ERROR(Restore());
-    ELSA_RETURN_IF_ERROR(AwaitPages());
-    return AwaitCommit();
-  } catch (const std::exception& e) {
-    return Status::Internal(std::string("unexpected error: ") + e.what());
-  }
+  return RunSteps(this, {&MigrationDestination::Begin, &MigrationDestination::ReceiveImages,
+                         &MigrationDestination::Restore, &MigrationDestination::AwaitPages,
+                         &MigrationDestination::AwaitCommit});
 }
 
 Status MigrationDestination::Begin() {

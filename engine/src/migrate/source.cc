@@ -2,7 +2,6 @@
 
 #include <condition_variable>
 #include <cstdio>
-#include <exception>
 #include <future>
 #include <mutex>
 
@@ -12,6 +11,7 @@
 #include "migrate/peer_reader.h"
 #include "migrate/postcopy.h"
 #include "migrate/protocol.h"
+#include "migrate/steps.h"
 #include "session/tree_memory.h"
 #include "store/checkpoint_pages.h"
 
@@ -61,22 +61,11 @@ Result<MigrateReport> MigrationSource::Run() {
   return out_;
 }
 
+// Every way out of a step is a Status, so the rollback in Run() runs whatever went wrong.
 Status MigrationSource::Steps() {
-  // Every way out of a step is a Status: what a step throws is turned into one here, so the
-  // rollback below runs whatever went wrong.
-  try {
-    ELSA_RETURN_IF_ERROR(Connect());
-    ELSA_RETURN_IF_ERROR(Precopy());
-    ELSA_RETURN_IF_ERROR(PrepareDump());
-    ELSA_RETURN_IF_ERROR(FreezeGate());
-    ELSA_RETURN_IF_ERROR(Freeze());
-    ELSA_RETURN_IF_ERROR(ShipImages());
-    ELSA_RETURN_IF_ERROR(AwaitRestored());
-    ELSA_RETURN_IF_ERROR(PushMemory());
-    return Commit();
-  } catch (const std::exception& e) {
-    return Status::Internal(std::string("unexpected error: ") + e.what());
-  }
+  return RunSteps(this, {&MigrationSource::Connect, &MigrationSource::Precopy, &MigrationSource::PrepareDump,
+                         &MigrationSource::FreezeGate, &MigrationSource::Freeze, &MigrationSource::ShipImages,
+                         &MigrationSource::AwaitRestored, &MigrationSource::PushMemory, &MigrationSource::Commit});
 }
 
 Status MigrationSource::Connect() {
@@ -154,7 +143,11 @@ Status MigrationSource::PrepareDump() {
   ELSA_ASSIGN_OR_RETURN(std::string criu_version, criu_->Version());
   const std::string dir = host_.config().state_dir + "/run/migrate-" + name_;
   ELSA_ASSIGN_OR_RETURN(dump_dir_, ScopedPath::MakeDirectory(dir));
+  ELSA_ASSIGN_OR_RETURN(dump_dir_fd_, OpenDirectory(dump_dir_.path()));
   criu_conf_ = ScopedPath(dir + ".criu.conf");
+  // A lazy dump's page server listens where this says (over RPC it would take every address);
+  // written now, not between the freeze gate and the freeze.
+  if (IsPostcopy(options_.mode)) ELSA_RETURN_IF_ERROR(WriteFileAtomic(criu_conf_.path(), "address 127.0.0.1\n"));
   manifest_ = host_.ManifestFor(claim_->info(), criu_version);
   manifest_.id = "migrating";  // B names the checkpoint it commits
   return Status::Ok();
@@ -184,9 +177,8 @@ Status MigrationSource::FreezeWithPages() {
   const pid_t pid = claim_->info().pid;
   Report(progress_, "freeze", "freezing and dumping pid " + std::to_string(pid) + "; sending the pages " +
                                   out_.destination + " lacks");
-  ELSA_ASSIGN_OR_RETURN(UniqueFd dir_fd, OpenDirectory(dump_dir_.path()));
   ELSA_ASSIGN_OR_RETURN(std::unique_ptr<PageIntake> intake, host_.pages().StartIntake(dump_dir_.path(), forward_.get()));
-  CriuDumpRequest dump = intake->DumpRequest(pid, dir_fd.get());
+  CriuDumpRequest dump = intake->DumpRequest(pid, dump_dir_fd_.get());
   dump.leave_stopped = true;
   Result<CriuOutcome> dumped = host_.SerializedDump(*criu_, dump, progress_, {});
   Result<page_server::ReceiverStats> received = intake->Finish(dumped.ok());
@@ -213,11 +205,9 @@ Status MigrationSource::FreezeLazily() {
   Report(progress_, "freeze", "freezing and dumping pid " + std::to_string(pid) +
                                   " without its memory, which follows the session to " + out_.destination);
   ELSA_ASSIGN_OR_RETURN(uint16_t lazy_port, page_server::FreeLoopbackPort());
-  ELSA_RETURN_IF_ERROR(WriteFileAtomic(criu_conf_.path(), "address 127.0.0.1\n"));
-  ELSA_ASSIGN_OR_RETURN(UniqueFd dir_fd, OpenDirectory(dump_dir_.path()));
   CriuDumpRequest dump;
   dump.pid = pid;
-  dump.images_dir_fd = dump.work_dir_fd = dir_fd.get();
+  dump.images_dir_fd = dump.work_dir_fd = dump_dir_fd_.get();
   dump.leave_stopped = true;
   dump.lazy_pages_port = lazy_port;
   dump.config_file = criu_conf_.path();

@@ -19,6 +19,7 @@
 #include "elsa/file_util.h"
 #include "elsa/log.h"
 #include "elsa/transport/transport.h"
+#include "elsa/unique_fd.h"
 #include "migrate/host.h"
 #include "migrate/known_pages.h"
 #include "migrate/lazy_plan.h"
@@ -65,6 +66,7 @@ class MigrationSource {
   std::unique_ptr<ForwardingSink> forward_;
   std::optional<CriuDriver> criu_;
   ScopedPath dump_dir_;
+  UniqueFd dump_dir_fd_;  // opened before the gate: nothing but CRIU's work after the freeze
   ScopedPath criu_conf_;
   Manifest manifest_;
   StoppedTree stopped_;
