@@ -27,6 +27,7 @@
 #include "elsa/engine/session_process.h"
 #include "elsa/file_util.h"
 #include "elsa/page_server/lazy_server.h"
+#include "elsa/page_server/loopback.h"
 #include "elsa/page_server/paged_images.h"
 #include "elsa/page_server/receiver.h"
 #include "elsa/unique_fd.h"
@@ -257,9 +258,12 @@ void RunSize(const Bench& b, int mib) {
   start = Clock::now();
   MaterializeStats lazy_made = Must(MaterializeImages(*store, stored, lazy, RestoreImages::kLazy), "lazy images");
   auto images = Must(LoadPagedImages(stored), "load images");
-  auto lazy_server = Must(LazyPageServer::Listen("127.0.0.1", 0, PageLocator::FromImages(images), store.get()), "lazy");
+  // As the agent runs it: the daemon handed its end of a private connection to our server.
+  LoopbackPair pair = Must(ConnectedLoopbackPair(), "loopback pair");
+  auto lazy_server = LazyPageServer::OnConnection(std::move(pair.ours), PageLocator::FromImages(images), store.get());
   auto serving = std::async(std::launch::async, [&] { return lazy_server->ServeOne(60s); });
-  ChildProcess daemon = Must(CriuDriver(b.criu).StartLazyPages(lazy, "127.0.0.1", lazy_server->port()), "lazy-pages");
+  ChildProcess daemon = Must(CriuDriver(b.criu).StartLazyPages(lazy, pair.theirs.get()), "lazy-pages");
+  pair.theirs.Reset();
   b.Restore(lazy, {"--lazy-pages", "-W", lazy});
   const double ours_lazy = Since(start);
   LazyServeStats served = Must(serving.get(), "lazy server");

@@ -12,6 +12,7 @@
 
 #include "elsa/file_util.h"
 #include "elsa/page_server/protocol.h"
+#include "elsa/page_server/loopback.h"
 #include "socket_io.h"
 
 namespace elsa::page_server {
@@ -38,9 +39,13 @@ Result<size_t> StorePageSource::Read(uint64_t pid, uint64_t vaddr, size_t max_pa
   return hashes.size();
 }
 
-LazyPageServer::LazyPageServer(UniqueFd listen_fd, uint16_t port, LazyPageSource* source,
+LazyPageServer::LazyPageServer(UniqueFd listen_fd, uint16_t port, UniqueFd connection, LazyPageSource* source,
                                std::unique_ptr<LazyPageSource> owned)
-    : listen_fd_(std::move(listen_fd)), port_(port), owned_(std::move(owned)), source_(source) {}
+    : listen_fd_(std::move(listen_fd)),
+      port_(port),
+      connection_(std::move(connection)),
+      owned_(std::move(owned)),
+      source_(source) {}
 
 Result<std::unique_ptr<LazyPageServer>> LazyPageServer::Listen(const std::string& address, uint16_t port,
                                                                PageLocator locator, const PageStore* store) {
@@ -48,19 +53,32 @@ Result<std::unique_ptr<LazyPageServer>> LazyPageServer::Listen(const std::string
   ELSA_ASSIGN_OR_RETURN(UniqueFd fd, ListenOn(address, port, &bound));
   auto owned = std::make_unique<StorePageSource>(std::move(locator), store);
   LazyPageSource* source = owned.get();
-  return std::make_unique<LazyPageServer>(std::move(fd), bound, source, std::move(owned));
+  return std::make_unique<LazyPageServer>(std::move(fd), bound, UniqueFd(), source, std::move(owned));
 }
+
+std::unique_ptr<LazyPageServer> LazyPageServer::OnConnection(UniqueFd connection, PageLocator locator,
+                                                             const PageStore* store) {
+  auto owned = std::make_unique<StorePageSource>(std::move(locator), store);
+  LazyPageSource* source = owned.get();
+  return std::make_unique<LazyPageServer>(UniqueFd(), 0, std::move(connection), source, std::move(owned));
+}
+
+std::unique_ptr<LazyPageServer> LazyPageServer::OnConnection(UniqueFd connection, LazyPageSource* source) {
+  return std::make_unique<LazyPageServer>(UniqueFd(), 0, std::move(connection), source, nullptr);
+}
+
+void LazyPageServer::Hangup() { page_server::Hangup(connection_ ? connection_.get() : listen_fd_.get()); }
 
 Result<std::unique_ptr<LazyPageServer>> LazyPageServer::Listen(const std::string& address, uint16_t port,
                                                                LazyPageSource* source) {
   uint16_t bound = 0;
   ELSA_ASSIGN_OR_RETURN(UniqueFd fd, ListenOn(address, port, &bound));
-  return std::make_unique<LazyPageServer>(std::move(fd), bound, source, nullptr);
+  return std::make_unique<LazyPageServer>(std::move(fd), bound, UniqueFd(), source, nullptr);
 }
 
 Result<LazyServeStats> LazyPageServer::ServeOne(std::chrono::milliseconds accept_timeout,
                                                 std::chrono::milliseconds idle_timeout) {
-  ELSA_ASSIGN_OR_RETURN(UniqueFd sock, AcceptOne(listen_fd_.get(), Clock::now() + accept_timeout));
+  ELSA_ASSIGN_OR_RETURN(ServedSocket sock, ServedSocket::Take(connection_, listen_fd_.get(), accept_timeout));
   const auto start = Clock::now();
   LazyServeStats stats;
   std::vector<double> latencies;
@@ -105,34 +123,16 @@ Result<LazyServeStats> LazyPageServer::ServeOne(std::chrono::milliseconds accept
   }
 }
 
-Status CloseLazyDumpServer(uint16_t port, std::chrono::milliseconds timeout) {
+Status CloseLazyDump(int connection, std::chrono::milliseconds timeout) {
   const auto deadline = Clock::now() + timeout;
-  UniqueFd sock(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!sock) return Status::FromErrno("socket", errno);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  // CRIU listens only once its images are written; it may be a moment behind its notification.
-  while (::connect(sock.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    if (errno != ECONNREFUSED || Clock::now() > deadline)
-      return Status::FromErrno("connecting to the lazy dump's page server on port " + std::to_string(port), errno);
-    ::usleep(2000);
-  }
   Request close;
   close.command = kClose;
   const auto raw = EncodeRequest(close);
-  ELSA_RETURN_IF_ERROR(SendAll(sock.get(), raw.data(), raw.size(), deadline));
+  ELSA_RETURN_IF_ERROR(SendAll(connection, raw.data(), raw.size(), deadline).WithContext("the lazy dump's CLOSE"));
   int32_t status = -1;
-  ELSA_RETURN_IF_ERROR(RecvAll(sock.get(), &status, sizeof status, deadline).WithContext("the lazy dump's CLOSE reply"));
+  ELSA_RETURN_IF_ERROR(RecvAll(connection, &status, sizeof status, deadline).WithContext("the lazy dump's CLOSE reply"));
   if (status != 0) return Status::ExternalFailure("CRIU's lazy page server answered CLOSE with " + std::to_string(status));
-  return Status::Ok();  // closing our end lets CRIU finish
-}
-
-Result<uint16_t> FreeLoopbackPort() {
-  uint16_t port = 0;
-  ELSA_ASSIGN_OR_RETURN(UniqueFd fd, ListenOn("127.0.0.1", 0, &port));
-  return port;
+  return Status::Ok();
 }
 
 }  // namespace elsa::page_server

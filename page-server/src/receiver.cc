@@ -17,6 +17,7 @@
 #include "elsa/uninitialized.h"
 #include "elsa/page_server/paged_images.h"
 #include "elsa/page_server/protocol.h"
+#include "elsa/page_server/loopback.h"
 #include "socket_io.h"
 
 namespace elsa::page_server {
@@ -205,9 +206,11 @@ Status SyncAll(std::vector<UniqueFd>& files) {
 
 }  // namespace
 
-PageReceiver::PageReceiver(UniqueFd listen_fd, uint16_t port, UniqueFd images_dir, PageSink* sink)
+PageReceiver::PageReceiver(UniqueFd listen_fd, uint16_t port, UniqueFd connection, UniqueFd images_dir,
+                           PageSink* sink)
     : listen_fd_(std::move(listen_fd)),
       port_(port),
+      connection_(std::move(connection)),
       dir_(std::move(images_dir)),
       next_pages_id_(kFirstPagesId),
       sink_(sink) {}
@@ -217,12 +220,20 @@ Result<std::unique_ptr<PageReceiver>> PageReceiver::Listen(const std::string& ad
   ELSA_ASSIGN_OR_RETURN(UniqueFd dir, OpenDirectory(images_dir));
   uint16_t bound = 0;
   ELSA_ASSIGN_OR_RETURN(UniqueFd fd, ListenOn(address, port, &bound));
-  return std::make_unique<PageReceiver>(std::move(fd), bound, std::move(dir), sink);
+  return std::make_unique<PageReceiver>(std::move(fd), bound, UniqueFd(), std::move(dir), sink);
 }
+
+Result<std::unique_ptr<PageReceiver>> PageReceiver::OnConnection(UniqueFd connection, const std::string& images_dir,
+                                                                 PageSink* sink) {
+  ELSA_ASSIGN_OR_RETURN(UniqueFd dir, OpenDirectory(images_dir));
+  return std::make_unique<PageReceiver>(UniqueFd(), 0, std::move(connection), std::move(dir), sink);
+}
+
+void PageReceiver::Hangup() { page_server::Hangup(connection_ ? connection_.get() : listen_fd_.get()); }
 
 Result<ReceiverStats> PageReceiver::ServeOne(std::chrono::milliseconds accept_timeout,
                                              std::chrono::milliseconds idle_timeout) {
-  ELSA_ASSIGN_OR_RETURN(UniqueFd sock, AcceptOne(listen_fd_.get(), Clock::now() + accept_timeout));
+  ELSA_ASSIGN_OR_RETURN(ServedSocket sock, ServedSocket::Take(connection_, listen_fd_.get(), accept_timeout));
   const auto start = Clock::now();
   PageCopier copier;
   ELSA_RETURN_IF_ERROR(copier.Init());
@@ -316,9 +327,13 @@ Result<ReceiverStats> PageReceiver::ServeOne(std::chrono::milliseconds accept_ti
         current.reset();
         const int32_t done = 0;
         ELSA_RETURN_IF_ERROR(reply(&done, sizeof done));
-        // criu closes its side next; waiting for that avoids a TIME_WAIT on our side.
-        char c;
-        (void)RecvAll(sock.get(), &c, 1, Clock::now() + std::chrono::seconds(10));
+        // criu closes its side next; waiting for that avoids a TIME_WAIT on our side. Not after
+        // FORCE_CLOSE: CRIU says that when its socket was handed to it (--ps-socket), and a copy
+        // of that end may stay open elsewhere for a while.
+        if (req.command == kClose) {
+          char c;
+          (void)RecvAll(sock.get(), &c, 1, Clock::now() + std::chrono::seconds(10));
+        }
         const auto closed = Clock::now();
         ELSA_RETURN_IF_ERROR(SyncAll(unsynced));
         if (::fsync(dir_.get()) != 0) return Status::FromErrno("fsync the images directory", errno);

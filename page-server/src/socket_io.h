@@ -21,4 +21,25 @@ Status WaitReadable(int fd, Clock::time_point deadline);
 Result<UniqueFd> ListenOn(const std::string& address, uint16_t port, uint16_t* bound_port);
 Result<UniqueFd> AcceptOne(int listen_fd, Clock::time_point deadline);
 
+// The connection a role's ServeOne serves: the one it was given (which stays its owner's, so a
+// Hangup from another thread can reach it), or one accepted now on its listener.
+class ServedSocket {
+ public:
+  static Result<ServedSocket> Take(const UniqueFd& given, int listen_fd, std::chrono::milliseconds accept_timeout) {
+    ServedSocket served;
+    if (given) {
+      served.fd_ = given.get();
+      return served;
+    }
+    ELSA_ASSIGN_OR_RETURN(served.accepted_, AcceptOne(listen_fd, Clock::now() + accept_timeout));
+    served.fd_ = served.accepted_.get();
+    return served;
+  }
+  int get() const { return fd_; }
+
+ private:
+  int fd_ = -1;
+  UniqueFd accepted_;
+};
+
 }  // namespace elsa::page_server

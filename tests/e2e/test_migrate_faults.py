@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from elsa_agent import ElsaAgent, describe_tree
+from elsa_agent import ElsaAgent, alive, describe_tree, tree_pids
 from elsa_jupyter import JupyterError, JupyterServer
 from test_checkpoint_restore import CHECK_ARRAY
 from test_migrate import PEER_PORT, host_agent, run_on_h1, secret_file  # noqa: F401 (fixture)
@@ -360,3 +360,79 @@ def test_the_freeze_gate_cancels_or_goes_on(hosts, bin_dir, workdir, secret_file
         assert reply["ok"], reply
         assert phases.index("precopy") < phases.index("freeze-gate") < phases.index("freeze"), phases
         assert a2.sessions()["alice"]["state"] == "running"
+
+
+def faulty_source_agent(bin_dir, hosts, secret_file, fault):
+    """h1's agent, failing on purpose at `fault` (elsad --test-fault): points in the commit no
+    outside fault hits reliably."""
+    return ElsaAgent(bin_dir, criu_prefix=os.environ.get("ELSA_CRIU_PREFIX"), netns=hosts.netns("h1"),
+                     extra_args=["--listen", f"{hosts.address('h1')}:{PEER_PORT}", "--peer-secret-file", secret_file,
+                                 "--test-fault", fault])
+
+
+def assert_running_on_h2_only(hosts, a2, server, kernel, h1_pids):
+    assert a2.sessions()["alice"]["state"] == "running"
+    assert not [p for p in h1_pids if alive(p)], "the copy on h1 has ended"
+    with hosts.inside("h1"):
+        at_h2 = JupyterServer(hosts.address("h2"), server.port, server.token)
+        at_h2.wait_ready(timeout=30)
+        conn = at_h2.connect(kernel, session_id="e2e-session")
+    assert conn.eval("x + 1") == "42"
+    assert conn.eval(CHECK_ARRAY) == "True"
+    conn.close()
+
+
+def test_a_lost_committed_leaves_the_session_on_the_destination_alone(hosts, bin_dir, workdir, secret_file):
+    """B committed and keeps the session; its `committed` never reaches A. A used to resume its
+    own copy as well (two copies writing one home); now it asks B, learns B runs it, and ends
+    its copy."""
+    with faulty_source_agent(bin_dir, hosts, secret_file, "lose-committed") as a1:
+        server, kernel = run_on_h1(a1, hosts, workdir)
+        h1_pids = tree_pids(a1.sessions()["alice"]["pid"])
+        with host_agent(bin_dir, hosts, "h2", secret_file) as a2:
+            moved = a1.cli("migrate", "alice", "--to", hosts.address("h2"), "--mode", "precopy", check=False)
+            print(moved.stdout, moved.stderr)
+            assert moved.returncode == 0, moved.stderr + a1.agent_log()[-3000:]
+            assert "alice" not in a1.sessions() or a1.sessions()["alice"]["state"] != "running"
+            assert_running_on_h2_only(hosts, a2, server, kernel, h1_pids)
+            assert "asks where the session runs: here" in a2.agent_log()
+
+
+@pytest.mark.parametrize("mode", ["precopy", "hybrid"])
+def test_the_source_agent_dying_after_the_destination_has_every_page_leaves_the_session_there(
+        hosts, bin_dir, workdir, secret_file, mode):
+    """A's agent is killed between B holding every page and `commit`. B used to end its copy
+    (A's, frozen, had no owner any more: the session dead on both hosts); B keeps it now."""
+    a1 = faulty_source_agent(bin_dir, hosts, secret_file, "hang-before-commit").start()
+    try:
+        server, kernel = run_on_h1(a1, hosts, workdir, mib=128)
+        h1_pids = tree_pids(a1.sessions()["alice"]["pid"])
+        with host_agent(bin_dir, hosts, "h2", secret_file) as a2:
+            migration = migrate_in_background(bin_dir, a1, hosts.address("h2"), "--mode", mode)
+            # B has every page: precopy once it runs the session (restored from its own store),
+            # hybrid once post-copy has delivered the rest.
+            def complete():
+                if mode == "hybrid":
+                    return "lazy pages here" in a2.agent_log()
+                return a2.sessions().get("alice", {}).get("state") == "running"
+            deadline = time.monotonic() + 120
+            while not complete() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert complete(), a2.agent_log()[-3000:]
+            time.sleep(1)
+            a1.proc.kill()  # A's agent dies before it says `commit`
+            migration.communicate(timeout=30)
+            deadline = time.monotonic() + 30
+            while "stays here" not in a2.agent_log() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert "stays here" in a2.agent_log(), a2.agent_log()[-3000:]
+            # A's frozen copy outlives its agent (adopting it again is #17's): it must not run.
+            for pid in h1_pids:
+                if alive(pid):
+                    with open(f"/proc/{pid}/stat") as f:
+                        assert f.read().rsplit(")", 1)[1].split()[0] in ("T", "t", "Z"), "A's copy stays stopped"
+            kill_stray_processes(hosts, "h1")
+            assert_running_on_h2_only(hosts, a2, server, kernel, h1_pids)
+    finally:
+        a1.close()
+        kill_stray_processes(hosts, "h1")

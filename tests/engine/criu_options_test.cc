@@ -32,27 +32,26 @@ TEST(CriuOptions, DumpCarriesTheRequestAndThePolicy) {
   ExpectSessionPolicy(o);
 }
 
-TEST(CriuOptions, DumpSendsPagesToThePageServerItIsGiven) {
+TEST(CriuOptions, DumpSendsPagesOnTheSocketItIsHandedAndNamesNoAddress) {
   CriuDumpRequest r;
   r.pid = 1;
-  r.page_server_address = "127.0.0.1";
-  r.page_server_port = 4711;
+  r.page_server_fd = 17;
   criu_req req = BuildDumpRequest(r);
   ASSERT_TRUE(req.opts().has_ps());
-  EXPECT_EQ(req.opts().ps().address(), "127.0.0.1");
-  EXPECT_EQ(req.opts().ps().port(), 4711);
+  EXPECT_EQ(req.opts().ps().fd(), 17);
+  EXPECT_FALSE(req.opts().ps().has_address()) << "nothing listens: CRIU is handed its connection";
 }
 
-TEST(CriuOptions, ALazyDumpServesItsPagesOnThePortAndReadsTheConfigFile) {
+TEST(CriuOptions, ALazyDumpServesItsPagesOnTheSocketItsConfigFileNames) {
   CriuDumpRequest r;
   r.pid = 1;
-  r.lazy_pages_port = 4712;
+  r.lazy_pages_fd = 18;
   r.config_file = "/tmp/x/lazy.conf";
   criu_req req = BuildDumpRequest(r);
   EXPECT_TRUE(req.opts().lazy_pages());
-  ASSERT_TRUE(req.opts().has_ps());
-  EXPECT_EQ(req.opts().ps().port(), 4712);
+  EXPECT_FALSE(req.opts().has_ps()) << "RPC drops a lazy dump's ps.fd; the config file carries it";
   EXPECT_EQ(req.opts().config_file(), "/tmp/x/lazy.conf");
+  EXPECT_EQ(LazyDumpConfig(18), "ps-socket 18\n");
   EXPECT_FALSE(BuildDumpRequest(CriuDumpRequest{}).opts().lazy_pages());
 }
 

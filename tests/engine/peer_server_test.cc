@@ -159,10 +159,25 @@ TEST_F(LivePeerServer, EveryMalformedFirstMessageIsAnsweredWithAnErrorNamingTheF
   ExpectReady("alice");  // the name of the begin samples: never reserved by a refused one
 }
 
+TEST_F(LivePeerServer, AResolveIsAnsweredWithWhereTheSessionRuns) {
+  // No session of that name here, and none arriving: a source that lost its conversation may
+  // resume its own copy.
+  auto channel = Connect();
+  ASSERT_TRUE(channel);
+  ASSERT_TRUE(channel->Send(peer::EncodeControl(peer::Resolve{"nobody"}), 0).ok());
+  auto answer = Answer(*channel);
+  ASSERT_TRUE(answer.ok()) << answer.status().ToString();
+  const auto* resolution = std::get_if<peer::Resolution>(&*answer);
+  ASSERT_TRUE(resolution) << "answered '" << peer::OpName(*answer) << "'";
+  EXPECT_EQ(resolution->outcome, peer::Outcome::kAbsent);
+  ExpectRefused({}, Wire(json{{"op", "resolve"}, {"session", "../etc"}}), "session name", "a resolve for a path");
+}
+
 TEST_F(LivePeerServer, EveryOtherFirstMessageIsAnsweredWithAnError) {
-  // Well-formed, but not `begin`: the migration cannot start with them.
+  // Well-formed, but not `begin` (nor `resolve`, a question of its own): the migration cannot
+  // start with them.
   for (const peer::Control& control : peer::testing::OneOfEach()) {
-    if (std::holds_alternative<peer::Begin>(control)) continue;
+    if (std::holds_alternative<peer::Begin>(control) || std::holds_alternative<peer::Resolve>(control)) continue;
     const std::string op(peer::OpName(control));
     const bool gives_up = std::holds_alternative<peer::Error>(control) || std::holds_alternative<peer::Abort>(control);
     ExpectRefused({}, peer::EncodeControl(control), gives_up ? "" : "unexpected '" + op + "'", op + " first");

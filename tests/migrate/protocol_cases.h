@@ -61,7 +61,9 @@ inline std::vector<Control> OneOfEach() {
           Commit{},
           Committed{},
           Abort{"the user gave up"},
-          Error{"no room"}};
+          Error{"no room"},
+          Resolve{"alice"},
+          Resolution{Outcome::kKept}};
 }
 
 inline std::vector<uint8_t> Wire(const json& body) {

@@ -78,6 +78,17 @@ class Agent::Host final : public MigrationHost {
                                   outcome);
   }
   Status Stop(const std::string& name, int timeout_s) override { return agent_.Stop(name, timeout_s); }
+  void MarkIncoming(const std::string& name, bool under_way) override {
+    std::lock_guard lock(agent_.mu_);
+    if (under_way)
+      agent_.incoming_.insert(name);
+    else if (auto at = agent_.incoming_.find(name); at != agent_.incoming_.end())
+      agent_.incoming_.erase(at);
+  }
+  peer::Outcome IncomingOutcome(const std::string& name) override;
+  void ResolveLater(std::function<void(const std::atomic<bool>& stop)> work) override {
+    agent_.resolving_threads_.Start([&stop = agent_.stopping_, work = std::move(work)] { work(stop); });
+  }
 
  private:
   Agent& agent_;
@@ -92,10 +103,21 @@ struct Agent::Session {
   std::unique_ptr<SessionSupervisor> supervisor;
 };
 
+peer::Outcome Agent::Host::IncomingOutcome(const std::string& name) {
+  std::lock_guard lock(agent_.mu_);
+  if (agent_.incoming_.count(name)) return peer::Outcome::kUndecided;
+  const Session* s = agent_.FindLocked(name);
+  return s && s->info.state == SessionState::kRunning ? peer::Outcome::kKept : peer::Outcome::kAbsent;
+}
+
 Agent::Agent(AgentConfig config)
     : config_(std::move(config)), store_(config_.state_dir + "/checkpoints", config_.log), host_(std::make_unique<Host>(*this)) {}
 
 Agent::~Agent() {
+  // A migration still asking where its session runs leaves it frozen: two copies running would
+  // be worse than one waiting (docs/architecture.md, "A failure after `restore`").
+  stopping_ = true;
+  resolving_threads_.JoinAll();
   // Lazily restored sessions get all their pages before the agent goes: cutting them off would
   // leave holes in their memory.
   paging_threads_.JoinAll();

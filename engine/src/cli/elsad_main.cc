@@ -79,6 +79,12 @@ int main(int argc, char** argv) {
                  "seconds a peer or link may stay silent before a migration fails (and is rolled back)")
       ->check(CLI::Range(1, 3600))
       ->capture_default_str();
+  // Failures on purpose, at points no outside fault can hit reliably (the test suite's).
+  app.add_option("--test-fault", config.test_fault,
+                 "for the test suite only: fail on purpose as a source of migrations (lose-committed: "
+                 "B's `committed` is lost with the connection; hang-before-commit: wait 120 s before `commit`)")
+      ->check(CLI::IsMember({"lose-committed", "hang-before-commit"}))
+      ->group("");
   CLI11_PARSE(app, argc, argv);
 
   if (::geteuid() != 0) {

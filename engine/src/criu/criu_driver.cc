@@ -191,8 +191,10 @@ Result<std::string> CriuDriver::Version() const {
 }
 
 Result<CriuOutcome> CriuDriver::Dump(const CriuDumpRequest& request, const CriuNotifyFn& notify) const {
-  return Converse(binary_, BuildDumpRequest(request), {request.images_dir_fd, request.work_dir_fd},
-                  request.work_dir_fd, kDumpLog, "dump", notify);
+  std::vector<int> fds = {request.images_dir_fd, request.work_dir_fd};
+  for (int fd : {request.page_server_fd, request.lazy_pages_fd})
+    if (fd >= 0) fds.push_back(fd);
+  return Converse(binary_, BuildDumpRequest(request), fds, request.work_dir_fd, kDumpLog, "dump", notify);
 }
 
 Result<CriuOutcome> CriuDriver::Restore(const CriuRestoreRequest& request,
@@ -274,11 +276,12 @@ std::string SummarizeCriuLog(const std::string& log_text, size_t max_lines) {
 
 namespace elsa {
 
-Result<ChildProcess> CriuDriver::StartLazyPages(const std::string& dir, const std::string& address,
-                                                uint16_t port) const {
+Result<ChildProcess> CriuDriver::StartLazyPages(const std::string& dir, int page_server_fd) const {
   ELSA_ASSIGN_OR_RETURN(ChildProcess daemon,
-                        ChildProcess::Spawn({binary_, "lazy-pages", "--page-server", "--address", address, "--port",
-                                             std::to_string(port), "-D", dir, "-W", dir, "-v4", "-o", kLazyPagesLog}));
+                        ChildProcess::Spawn({binary_, "lazy-pages", "--page-server", "--ps-socket",
+                                             std::to_string(page_server_fd), "-D", dir, "-W", dir, "-v4", "-o",
+                                             kLazyPagesLog},
+                                            {page_server_fd}));
   // It is ready once its socket exists; the restore connects to it there. Woken by the socket's
   // creation (inotify) or the daemon's exit (pidfd), not by a polling tick: this is on a lazy
   // restore's path to a running session.

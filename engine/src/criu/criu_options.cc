@@ -22,20 +22,19 @@ criu_req BuildDumpRequest(const CriuDumpRequest& request) {
   opts->set_pid(request.pid);
   opts->set_leave_running(request.leave_running);
   if (request.leave_stopped) opts->set_leave_stopped(true);
-  if (request.page_server_port != 0) {
+  if (request.page_server_fd >= 0) {
     criu_page_server_info* ps = opts->mutable_ps();
-    ps->set_address(request.page_server_address);
-    ps->set_port(request.page_server_port);
+    ps->set_fd(request.page_server_fd);
+    ps->set_port(0);  // unused with a socket; CRIU's RPC reads it anyway
   }
-  if (request.lazy_pages_port != 0) {
-    opts->set_lazy_pages(true);
-    opts->mutable_ps()->set_port(request.lazy_pages_port);
-  }
+  if (request.lazy_pages_fd >= 0) opts->set_lazy_pages(true);
   if (!request.config_file.empty()) opts->set_config_file(request.config_file);
   opts->set_log_file(CriuDriver::kDumpLog);
   ApplySessionPolicy(opts);
   return req;
 }
+
+std::string LazyDumpConfig(int lazy_pages_fd) { return "ps-socket " + std::to_string(lazy_pages_fd) + "\n"; }
 
 criu_req BuildRestoreRequest(const CriuRestoreRequest& request) {
   criu_req req;

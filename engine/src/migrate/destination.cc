@@ -57,13 +57,30 @@ MigrationDestination::MigrationDestination(MigrationHost& host, transport::Chann
       patience_(host.config().peer_timeout_ms),
       wants_(std::make_shared<ChannelForWants>(&channel)) {}
 
-MigrationDestination::~MigrationDestination() { wants_->Detach(); }
+MigrationDestination::~MigrationDestination() {
+  wants_->Detach();
+  if (!incoming_.empty()) host_.MarkIncoming(incoming_, false);
+}
 
 Status MigrationDestination::Run() {
+  first_ = ReceiveControl(channel_, 30s);
+  if (first_.ok())
+    if (const auto* asked = std::get_if<peer::Resolve>(&*first_)) return AnswerResolve(*asked);
   Status st = Steps();
   if (st.ok()) return st;
-  // Once a tree runs here (even if `restored` never reached the source), it must end here.
-  return restored_pid_ > 0 ? EndCopy(st) : Refuse(st);
+  // Once a tree runs here (even if `restored` never reached the source), it is decided here: a
+  // complete one stays, an incomplete one ends.
+  if (restored_pid_ > 0) return complete_ ? KeepCopy(st) : EndCopy(st);
+  return Refuse(st);
+}
+
+Status MigrationDestination::AnswerResolve(const peer::Resolve& asked) {
+  const peer::Outcome outcome = host_.IncomingOutcome(asked.session);
+  log_.With("session", asked.session)
+      .Info(std::string("the source asks where the session runs: ") +
+            (outcome == peer::Outcome::kKept ? "here" : outcome == peer::Outcome::kAbsent ? "not here" : "undecided"));
+  ELSA_RETURN_IF_ERROR(channel_.Send(peer::EncodeControl(peer::Resolution{outcome}), 0));
+  return channel_.Flush(10s);
 }
 
 // A failing step is refused or ended in Run(), never a crash of the agent, whose PeerServer
@@ -75,7 +92,7 @@ Status MigrationDestination::Steps() {
 }
 
 Status MigrationDestination::Begin() {
-  ELSA_ASSIGN_OR_RETURN(begin_, peer::Expect<peer::Begin>(ReceiveControl(channel_, 30s), "to start a migration"));
+  ELSA_ASSIGN_OR_RETURN(begin_, peer::Expect<peer::Begin>(std::move(first_), "to start a migration"));
   const std::string& name = begin_.session.name;
   ELSA_RETURN_IF_ERROR(ValidateIdentifier("session name", name));
   log_ = log_.With("session", name);
@@ -91,11 +108,13 @@ Status MigrationDestination::Begin() {
                                       ", and " + room.limited_by + " leaves " + MiB(room.bytes));
   ELSA_ASSIGN_OR_RETURN(NameReservation reserved, NameReservation::Take(host_, name));
   name_.emplace(std::move(reserved));
+  host_.MarkIncoming(name, true);
+  incoming_ = name;
   pin_ = host_.pages().Pin();
   // Post-copy images are restored as they are; pre-copy ones become a checkpoint first.
   if (IsPostcopy(begin_.mode)) {
-    ELSA_ASSIGN_OR_RETURN(incoming_, ScopedPath::MakeDirectory(host_.config().state_dir + "/run/incoming-" + name));
-    images_dir_ = incoming_.path();
+    ELSA_ASSIGN_OR_RETURN(staging_, ScopedPath::MakeDirectory(host_.config().state_dir + "/run/incoming-" + name));
+    images_dir_ = staging_.path();
   } else {
     ELSA_ASSIGN_OR_RETURN(PendingCheckpoint pending, host_.store().Begin(NewCheckpointId(name)));
     pending_.emplace(std::move(pending));
@@ -158,6 +177,7 @@ Status MigrationDestination::RestoreFromCheckpoint(Manifest manifest) {
   options.lazy = true;
   ELSA_ASSIGN_OR_RETURN(RestoreReport restored, host_.RestoreReserved(committed.id, options, nullptr));
   restored_pid_ = restored.session.pid;
+  complete_ = true;  // restored from a checkpoint of ours: it needs nothing more from the source
   peer::Restored reply;
   reply.pid = restored.session.pid;
   reply.checkpoint = committed.id;
@@ -180,7 +200,7 @@ Status MigrationDestination::RestoreWithPagesToCome(Manifest manifest) {
   feed.refs = [s = source_.get()](std::span<const peer::PageRef> refs) { return s->TakeRefs(refs); };
   reader_ = std::make_unique<PeerReader>(channel_, std::move(feed));
   ELSA_ASSIGN_OR_RETURN(std::unique_ptr<LazyPageSupply> supply, host_.pages().StartLazySupply(criu, source_, images_dir_));
-  const std::string staging = incoming_.Keep();  // the lazy daemon's until it is done
+  const std::string staging = staging_.Keep();  // the lazy daemon's until it is done
   SessionInfo info;
   info.name = begin_.session.name;
   info.command = manifest.command;
@@ -208,6 +228,7 @@ Status MigrationDestination::AwaitPages() {
     ELSA_RETURN_IF_ERROR(peer::Expect<peer::Pushed>(reader_->NextControl(patience_), "during post-copy").status());
     ELSA_RETURN_IF_ERROR(source_->CheckComplete());
     ELSA_RETURN_IF_ERROR(host_.pages().Sync());
+    complete_ = true;
     log_.Info("all " + std::to_string(source_->plan().pages()) + " lazy pages here (" +
               std::to_string(source_->faults()) + " faults waited for them)");
     return channel_.Send(peer::EncodeControl(peer::Delivered{}), 0);
@@ -222,6 +243,16 @@ Status MigrationDestination::AwaitCommit() {
     return Status::ExternalFailure("the source took the session back after it was restored here");
   ELSA_RETURN_IF_ERROR(channel_.Send(peer::EncodeControl(peer::Committed{}), 0));
   return channel_.Flush(10s);
+}
+
+// The session runs here with every page: ending it would lose it if the source's copy is gone
+// too (its agent died), so it stays, and the source learns so (now, or by asking: Resolve).
+Status MigrationDestination::KeepCopy(const Status& why) {
+  log_.Warning("the migration failed after every page was here (" + why.ToString() +
+               "): the session stays here; the source ends its copy once it learns so");
+  (void)channel_.Send(peer::EncodeControl(peer::Committed{}), 0);
+  (void)channel_.Flush(5s);
+  return Status::Ok();
 }
 
 Status MigrationDestination::Refuse(const Status& why) {

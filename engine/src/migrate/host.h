@@ -4,7 +4,9 @@
 // (a running session, a name) and give it back on every way out.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -14,6 +16,7 @@
 #include "elsa/engine/progress.h"
 #include "elsa/engine/session.h"
 #include "elsa/status.h"
+#include "migrate/protocol.h"
 
 namespace elsa {
 
@@ -53,6 +56,14 @@ class MigrationHost {
                                               const std::string& images_dir, const std::string& staging,
                                               std::unique_ptr<LazyPageSupply> supply, CriuOutcome* outcome) = 0;
   virtual Status Stop(const std::string& name, int timeout_s) = 0;
+  // An incoming migration of `name` is under way here (its destination half runs) or over.
+  virtual void MarkIncoming(const std::string& name, bool under_way) = 0;
+  // What this host says to a source asking where `name` runs (peer::Resolve).
+  virtual peer::Outcome IncomingOutcome(const std::string& name) = 0;
+
+  // A migration whose outcome the source cannot learn yet keeps asking on a thread of the
+  // agent's; `stop` is set when the agent shuts down.
+  virtual void ResolveLater(std::function<void(const std::atomic<bool>& stop)> work) = 0;
 };
 
 // A running session claimed for a migration: unclaimed when this ends, unless the session left

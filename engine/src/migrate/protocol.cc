@@ -68,6 +68,10 @@ struct BodyWriter {
   json operator()(const Pushed& m) const { return {{"pages", m.pages}}; }
   json operator()(const Abort& m) const { return {{"message", m.message}}; }
   json operator()(const Error& m) const { return {{"message", m.message}}; }
+  json operator()(const Resolve& m) const { return {{"session", m.session}}; }
+  json operator()(const Resolution& m) const {
+    return {{"outcome", m.outcome == Outcome::kKept ? "kept" : m.outcome == Outcome::kAbsent ? "absent" : "undecided"}};
+  }
   template <typename Empty>
   json operator()(const Empty&) const {
     return json::object();
@@ -86,6 +90,8 @@ struct OpNamer {
   std::string_view operator()(const Committed&) const { return "committed"; }
   std::string_view operator()(const Abort&) const { return "abort"; }
   std::string_view operator()(const Error&) const { return "error"; }
+  std::string_view operator()(const Resolve&) const { return "resolve"; }
+  std::string_view operator()(const Resolution&) const { return "resolution"; }
 };
 
 Result<Control> ReadBegin(JsonReader& r) {
@@ -164,6 +170,23 @@ Result<Control> DecodeControl(const std::string& op, const json& body) {
   if (op == "committed") return Control(Committed{});
   if (op == "abort") return ReadMessage<Abort>(r);
   if (op == "error") return ReadMessage<Error>(r);
+  if (op == "resolve") {
+    Resolve m;
+    ELSA_RETURN_IF_ERROR(r.Required("session", &m.session).status());
+    if (Status s = ValidateIdentifier("session name", m.session); !s.ok())
+      return Status::ProtocolError(r.what() + ": " + s.message());
+    return Control(std::move(m));
+  }
+  if (op == "resolution") {
+    std::string outcome;
+    ELSA_RETURN_IF_ERROR(r.Required("outcome", &outcome).status());
+    Resolution m;
+    if (outcome == "kept") m.outcome = Outcome::kKept;
+    else if (outcome == "absent") m.outcome = Outcome::kAbsent;
+    else if (outcome == "undecided") m.outcome = Outcome::kUndecided;
+    else return Status::ProtocolError(r.what() + ": unknown outcome \"" + outcome.substr(0, 40) + "\"");
+    return Control(m);
+  }
   return Status::ProtocolError("unknown control op \"" + op.substr(0, 40) + "\"");
 }
 

@@ -84,7 +84,18 @@ struct Abort {  // the source gives up; B ends its copy
 struct Error {  // the sender failed; the conversation is over
   std::string message;
 };
-using Control = std::variant<Begin, Ready, Restore, Restored, Want, Pushed, Delivered, Commit, Committed, Abort, Error>;
+// A source that lost its conversation after it sent `restore` cannot tell whether B runs the
+// session (B keeps a copy that has every page), so it asks on a new channel before it resumes
+// its own: the first and only message there.
+struct Resolve {
+  std::string session;
+};
+enum class Outcome { kKept, kAbsent, kUndecided };  // B runs it / B has none / B's side still deciding
+struct Resolution {
+  Outcome outcome = Outcome::kAbsent;
+};
+using Control = std::variant<Begin, Ready, Restore, Restored, Want, Pushed, Delivered, Commit, Committed, Abort, Error,
+                             Resolve, Resolution>;
 
 // The op's name on the wire ("begin", "restored", ...).
 std::string_view OpName(const Control& control);

@@ -3,7 +3,10 @@
 #include <condition_variable>
 #include <cstdio>
 #include <future>
+#include <cerrno>
+#include <cstring>
 #include <mutex>
+#include <thread>
 
 #include "elsa/page_server/criu_stats.h"
 #include "elsa/stopwatch.h"
@@ -40,7 +43,7 @@ MigrationSource::MigrationSource(MigrationHost& host, std::string name, MigrateO
       options_(std::move(options)),
       progress_(std::move(progress)),
       log_(host.log().With("session", name_).With("op", "migrate")),
-      stopped_(log_) {}
+      stopped_(std::make_unique<StoppedTree>(log_)) {}
 
 MigrationSource::~MigrationSource() = default;
 
@@ -56,9 +59,103 @@ Result<MigrateReport> MigrationSource::Run() {
   out_.address = destination_.first;
   out_.mode = options_.mode;
 
-  if (Status st = Steps(); !st.ok()) return RollBack(st);
+  if (Status st = Steps(); !st.ok()) {
+    if (!restore_sent_) return RollBack(st);
+    pusher_.reset();  // its reader would take B's answer
+    Result<bool> there = AskWhereItRuns(st, Clock::now() + 3 * std::chrono::milliseconds(host_.config().peer_timeout_ms));
+    if (!there.ok()) return LeaveInDoubt(st, there.status());
+    if (!*there) return RollBack(st);
+    log_.Warning("the migration failed after the restore (" + st.ToString() + "), but " + out_.destination +
+                 " holds every page and runs the session: it lives there now");
+    Report(progress_, "running", "on " + out_.destination + ", which kept it after: " + st.message());
+  }
   Finish();
   return out_;
+}
+
+namespace {
+
+bool NobodyListens(const Status& st) { return st.message().find(std::strerror(ECONNREFUSED)) != std::string::npos; }
+
+// One question on a new channel: where does `name` run? Connection refused means no agent
+// listens there, so nothing there holds the session (an agent's sessions die with it).
+Result<peer::Outcome> AskOnce(const AgentConfig& config, const std::pair<std::string, uint16_t>& destination,
+                              const std::string& name) {
+  ELSA_ASSIGN_OR_RETURN(transport::Backend backend, transport::ParseBackend(config.peer_backend));
+  ELSA_ASSIGN_OR_RETURN(auto transport, transport::MakeTransport(backend));
+  transport::ChannelOptions options = config.PeerChannelOptions();
+  options.streams = 1;
+  auto channel = transport->Connect({destination.first, destination.second}, options);
+  if (!channel.ok()) {
+    if (NobodyListens(channel.status())) return peer::Outcome::kAbsent;
+    return channel.status();
+  }
+  ELSA_RETURN_IF_ERROR((*channel)->Send(peer::EncodeControl(peer::Resolve{name}), 0));
+  ELSA_ASSIGN_OR_RETURN(peer::Resolution answer,
+                        peer::Expect<peer::Resolution>(ReceiveControl(**channel, 10s), "to a resolve"));
+  (void)(*channel)->Close(2s);
+  return answer.outcome;
+}
+
+}  // namespace
+
+Result<bool> MigrationSource::AskWhereItRuns(const Status& why, Clock::time_point deadline) {
+  // On the conversation itself, if it still works: B answers `abort` with `committed` (it keeps
+  // a complete copy) or `error` (it has ended its copy, or never ran one).
+  if (channel_ && channel_->Send(peer::EncodeControl(peer::Abort{why.message()}), 0).ok()) {
+    for (;;) {
+      Result<peer::Control> answer = ReceiveControl(*channel_, 10s);
+      if (!answer.ok()) break;
+      if (std::holds_alternative<peer::Committed>(*answer)) return true;
+      if (std::holds_alternative<peer::Error>(*answer)) return false;
+    }
+  }
+  Status last = Status::Ok();
+  for (int attempt = 1;; ++attempt) {
+    Result<peer::Outcome> outcome = AskOnce(host_.config(), destination_, name_);
+    if (outcome.ok() && *outcome != peer::Outcome::kUndecided) return *outcome == peer::Outcome::kKept;
+    last = outcome.ok() ? Status::Unavailable(out_.destination + " is still deciding") : outcome.status();
+    Report(progress_, "resolve", "asking " + out_.destination + " whether it runs the session (attempt " +
+                                     std::to_string(attempt) + "): " + last.message());
+    if (Clock::now() + 1s > deadline) return last;
+    std::this_thread::sleep_for(1s);
+  }
+}
+
+Status MigrationSource::LeaveInDoubt(const Status& why, const Status& asking) {
+  struct InDoubt {
+    SessionClaim claim;
+    std::unique_ptr<StoppedTree> stopped;
+  };
+  auto held = std::make_shared<InDoubt>(InDoubt{std::move(*claim_), std::move(stopped_)});
+  claim_.reset();
+  const pid_t pid = held->claim.info().pid;
+  log_.Error("cannot tell whether " + out_.destination + " runs the session (" + asking.ToString() +
+             "): it stays frozen here (pid " + std::to_string(pid) + ") until " + out_.destination + " answers");
+  host_.ResolveLater([held, config = host_.config(), destination = destination_, name = name_,
+                      log = log_](const std::atomic<bool>& stop) {
+    while (!stop) {
+      Result<peer::Outcome> outcome = AskOnce(config, destination, name);
+      if (outcome.ok() && *outcome == peer::Outcome::kKept) {
+        log.Info("the destination runs the session: its frozen copy here ends");
+        held->stopped->End();
+        held->claim.Forget(10);
+        return;
+      }
+      if (outcome.ok() && *outcome == peer::Outcome::kAbsent) {
+        log.Info("the destination has no copy of the session: it runs here again");
+        if (Status resumed = held->stopped->Resume(); !resumed.ok()) log.Error("resuming: " + resumed.ToString());
+        return;
+      }
+      for (int i = 0; i < 50 && !stop; ++i) std::this_thread::sleep_for(100ms);
+    }
+    log.Error("the agent stops before the destination could be asked: the session stays frozen here");
+    held->stopped->LeaveStopped();
+  });
+  return why.WithContext("migration of '" + name_ + "' to " + out_.destination + " failed after the restore, and " +
+                         out_.destination + " cannot be asked whether it runs the session (" + asking.message() +
+                         "): it stays frozen here, not running in two places, until " + out_.destination +
+                         " answers (the agent keeps asking)");
 }
 
 // Every way out of a step is a Status, so the rollback in Run() runs whatever went wrong.
@@ -145,9 +242,13 @@ Status MigrationSource::PrepareDump() {
   ELSA_ASSIGN_OR_RETURN(dump_dir_, ScopedPath::MakeDirectory(dir));
   ELSA_ASSIGN_OR_RETURN(dump_dir_fd_, OpenDirectory(dump_dir_.path()));
   criu_conf_ = ScopedPath(dir + ".criu.conf");
-  // A lazy dump's page server listens where this says (over RPC it would take every address);
-  // written now, not between the freeze gate and the freeze.
-  if (IsPostcopy(options_.mode)) ELSA_RETURN_IF_ERROR(WriteFileAtomic(criu_conf_.path(), "address 127.0.0.1\n"));
+  // A lazy dump serves the tree's pages on its end of a private connection (nothing listens for
+  // a stranger to reach first), named in a config file since RPC cannot hand it over; made now,
+  // not between the freeze gate and the freeze.
+  if (IsPostcopy(options_.mode)) {
+    ELSA_ASSIGN_OR_RETURN(lazy_dump_, page_server::ConnectedLoopbackPair());
+    ELSA_RETURN_IF_ERROR(WriteFileAtomic(criu_conf_.path(), LazyDumpConfig(lazy_dump_.theirs.get())));
+  }
   manifest_ = host_.ManifestFor(claim_->info(), criu_version);
   manifest_.id = "migrating";  // B names the checkpoint it commits
   return Status::Ok();
@@ -183,7 +284,7 @@ Status MigrationSource::FreezeWithPages() {
   Result<CriuOutcome> dumped = host_.SerializedDump(*criu_, dump, progress_, {});
   Result<page_server::ReceiverStats> received = intake->Finish(dumped.ok());
   if (!dumped.ok()) return dumped.status();  // CRIU thawed the tree itself
-  stopped_.Take(pid, CriuNetworkLockTableOf(dump_dir_.path()));
+  stopped_->Take(pid, CriuNetworkLockTableOf(dump_dir_.path()));
   if (!received.ok()) return received.status().WithContext("forwarding the dump's pages");
   out_.pages_dumped = received->pages_present;
   out_.pages_deduplicated = received->pages_present - received->pages_new;
@@ -204,12 +305,11 @@ Status MigrationSource::FreezeLazily() {
   const pid_t pid = claim_->info().pid;
   Report(progress_, "freeze", "freezing and dumping pid " + std::to_string(pid) +
                                   " without its memory, which follows the session to " + out_.destination);
-  ELSA_ASSIGN_OR_RETURN(uint16_t lazy_port, page_server::FreeLoopbackPort());
   CriuDumpRequest dump;
   dump.pid = pid;
   dump.images_dir_fd = dump.work_dir_fd = dump_dir_fd_.get();
   dump.leave_stopped = true;
-  dump.lazy_pages_port = lazy_port;
+  dump.lazy_pages_fd = lazy_dump_.theirs.get();
   dump.config_file = criu_conf_.path();
   // Woken by CRIU's "status-ready" (images written) or by the dump ending (it failed).
   std::mutex mu;
@@ -233,10 +333,11 @@ Status MigrationSource::FreezeLazily() {
     changed.wait(lock, [&] { return images_written || dump_over; });
     ready = images_written;
   }
-  Status closed = ready ? page_server::CloseLazyDumpServer(lazy_port, 30s) : Status::Ok();
+  Status closed = ready ? page_server::CloseLazyDump(lazy_dump_.ours.get(), 30s) : Status::Ok();
   Result<CriuOutcome> dumped = dumping.get();
+  lazy_dump_ = {};
   if (!dumped.ok()) return dumped.status();  // CRIU thawed the tree itself
-  stopped_.Take(pid, CriuNetworkLockTableOf(dump_dir_.path()));
+  stopped_->Take(pid, CriuNetworkLockTableOf(dump_dir_.path()));
   manifest_.dump_seconds = dumped->seconds;
   return closed;
 }
@@ -265,6 +366,7 @@ Status MigrationSource::AwaitRestored() {
   Report(progress_, "restore", "restoring on " + out_.destination);
   const auto restore = Clock::now();
   // precopy: B restores lazily too, but from its own store: A is not needed once it runs.
+  restore_sent_ = true;  // from now on B may hold the whole session: a failure is settled by asking
   ELSA_RETURN_IF_ERROR(channel_->Send(peer::EncodeControl(peer::Restore{manifest_, /*lazy=*/true}), 0));
   // Made before `restored` can come: B's session may fault before its restore is even reported.
   if (plan_)
@@ -316,24 +418,34 @@ Status MigrationSource::PushMemory() {
 }
 
 Status MigrationSource::Commit() {
+  const std::string& fault = host_.config().test_fault;
+  if (fault == "hang-before-commit") std::this_thread::sleep_for(120s);
   ELSA_RETURN_IF_ERROR(channel_->Send(peer::EncodeControl(peer::Commit{}), 0));
-  return peer::Expect<peer::Committed>(ReceiveControl(*channel_, 60s), "after the commit").status();
+  ELSA_RETURN_IF_ERROR(peer::Expect<peer::Committed>(ReceiveControl(*channel_, 60s), "after the commit").status());
+  if (fault == "lose-committed") {
+    (void)channel_->Close(1s);
+    channel_.reset();
+    return Status::PeerClosed("(--test-fault) the connection broke before the destination's `committed` arrived");
+  }
+  return Status::Ok();
 }
 
 void MigrationSource::Finish() {
   // B runs the session and holds all of it: the stopped copy here ends, and so does CRIU's
   // lock on its connections.
-  stopped_.End();
+  stopped_->End();
   claim_->Forget(10);
-  out_.wire_bytes = channel_->Stats().wire_bytes_sent;
-  (void)channel_->Close(10s);
+  if (channel_) {
+    out_.wire_bytes = channel_->Stats().wire_bytes_sent;
+    (void)channel_->Close(10s);
+  }
   out_.total_seconds = SecondsSince(start_);
 }
 
 Status MigrationSource::RollBack(const Status& why) {
   pusher_.reset();
   if (channel_) (void)channel_->Send(peer::EncodeControl(peer::Abort{why.message()}), 0);
-  if (Status resumed = stopped_.Resume(); !resumed.ok()) log_.Error("resuming the session: " + resumed.ToString());
+  if (Status resumed = stopped_->Resume(); !resumed.ok()) log_.Error("resuming the session: " + resumed.ToString());
   claim_.reset();
   return why.WithContext("migration of '" + name_ + "' to " + out_.destination + " failed; it is running here");
 }

@@ -18,6 +18,7 @@
 #include "elsa/engine/progress.h"
 #include "elsa/file_util.h"
 #include "elsa/log.h"
+#include "elsa/page_server/loopback.h"
 #include "elsa/transport/transport.h"
 #include "elsa/unique_fd.h"
 #include "migrate/host.h"
@@ -51,6 +52,13 @@ class MigrationSource {
   Status Commit();        // `commit` -> `committed`: B's copy is the session now
   void Finish();          // the stopped copy here ends; the session is forgotten here
   Status RollBack(const Status& why);
+  // After `restore` went out, B may run the session with every page (and then keeps it): a
+  // failure there is settled by asking B. Ok(true): B runs it; Ok(false): B has none; an error:
+  // B cannot be asked before `deadline`.
+  Result<bool> AskWhereItRuns(const Status& why, std::chrono::steady_clock::time_point deadline);
+  // B could not be asked: the stopped copy stays stopped (two copies running would be worse)
+  // and a thread of the agent's keeps asking, then ends or resumes it.
+  Status LeaveInDoubt(const Status& why, const Status& asking);
 
   MigrationHost& host_;
   const std::string name_;
@@ -68,8 +76,10 @@ class MigrationSource {
   ScopedPath dump_dir_;
   UniqueFd dump_dir_fd_;  // opened before the gate: nothing but CRIU's work after the freeze
   ScopedPath criu_conf_;
+  page_server::LoopbackPair lazy_dump_;  // post-copy: our end and CRIU's of the lazy dump's connection
   Manifest manifest_;
-  StoppedTree stopped_;
+  std::unique_ptr<StoppedTree> stopped_;  // a pointer: an in-doubt migration hands it to a thread
+  bool restore_sent_ = false;
   Clock::time_point frozen_at_;
   uint64_t wire_before_stop_ = 0;
   std::optional<LazyPlan> plan_;

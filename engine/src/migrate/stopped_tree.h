@@ -36,6 +36,8 @@ class StoppedTree {
   // Ends the stopped copy (SIGKILL) and CRIU's lock on its connections: the session lives on
   // the destination.
   void End();
+  // Lets go of it as it is, stopped (its fate cannot be decided here): the caller says so.
+  void LeaveStopped() { root_ = 0; }
 
  private:
   Logger log_;

@@ -10,6 +10,7 @@
 #include <unordered_set>
 
 #include "elsa/file_util.h"
+#include "elsa/page_server/loopback.h"
 #include "elsa/unique_fd.h"
 
 namespace elsa {
@@ -18,18 +19,6 @@ namespace {
 using namespace std::chrono_literals;
 using page_server::PageHash;
 
-constexpr const char* kLoopback = "127.0.0.1";
-
-// Wakes a server of ours blocked in accept() on loopback by connecting and hanging up at once:
-// it sees a peer that closed before saying anything, and returns.
-void Poke(uint16_t port) {
-  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  (void)::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-}
 
 }  // namespace
 
@@ -44,17 +33,20 @@ PageIntake::~PageIntake() {
 
 Result<page_server::ReceiverStats> PageIntake::Finish(bool dump_succeeded) {
   if (!serving_.valid()) return Status::FailedPrecondition("page intake already finished");
-  if (!dump_succeeded) Poke(port_);
-  return serving_.get();
+  if (!dump_succeeded) receiver_->Hangup();
+  Result<page_server::ReceiverStats> received = serving_.get();
+  criu_end_.Reset();
+  return received;
 }
 
 Result<std::unique_ptr<PageIntake>> CheckpointPages::StartIntake(const std::string& checkpoint_dir,
                                                                   page_server::PageSink* sink) {
   auto intake = std::make_unique<PageIntake>();
   intake->hold_ = gate_.Hold();
-  ELSA_ASSIGN_OR_RETURN(intake->receiver_, page_server::PageReceiver::Listen(intake->address_, 0, checkpoint_dir,
-                                                                              sink ? sink : store_.get()));
-  intake->port_ = intake->receiver_->port();
+  ELSA_ASSIGN_OR_RETURN(page_server::LoopbackPair pair, page_server::ConnectedLoopbackPair());
+  intake->criu_end_ = std::move(pair.theirs);
+  ELSA_ASSIGN_OR_RETURN(intake->receiver_, page_server::PageReceiver::OnConnection(std::move(pair.ours), checkpoint_dir,
+                                                                                    sink ? sink : store_.get()));
   // CRIU connects as its dump begins; a dump that fails before that is ended by Finish(false).
   intake->serving_ = std::async(std::launch::async, [r = intake->receiver_.get()] { return r->ServeOne(10min); });
   return intake;
@@ -99,7 +91,7 @@ LazyPageSupply::~LazyPageSupply() {
   // Only on a failed restore: nothing is faulting on these pages any more.
   daemon_.Signal(SIGKILL);
   (void)daemon_.Wait();
-  Poke(server_->port());
+  server_->Hangup();
   (void)serving_.get();
 }
 
@@ -119,30 +111,33 @@ Result<page_server::LazyServeStats> LazyPageSupply::Wait() {
 Result<std::unique_ptr<LazyPageSupply>> CheckpointPages::StartLazySupply(
     const CriuDriver& criu, const std::string& checkpoint_dir, const std::string& staging) {
   ELSA_ASSIGN_OR_RETURN(auto images, page_server::LoadPagedImages(checkpoint_dir));
-  ELSA_ASSIGN_OR_RETURN(auto server, page_server::LazyPageServer::Listen(
-                                         kLoopback, 0, page_server::PageLocator::FromImages(images), store_.get()));
-  return StartSupply(criu, std::move(server), staging);
+  ELSA_ASSIGN_OR_RETURN(page_server::LoopbackPair pair, page_server::ConnectedLoopbackPair());
+  auto server = page_server::LazyPageServer::OnConnection(std::move(pair.ours),
+                                                          page_server::PageLocator::FromImages(images), store_.get());
+  return StartSupply(criu, std::move(server), std::move(pair.theirs), staging);
 }
 
 Result<std::unique_ptr<LazyPageSupply>> CheckpointPages::StartLazySupply(
     const CriuDriver& criu, std::shared_ptr<page_server::LazyPageSource> source, const std::string& staging) {
-  ELSA_ASSIGN_OR_RETURN(auto server, page_server::LazyPageServer::Listen(kLoopback, 0, source.get()));
-  ELSA_ASSIGN_OR_RETURN(auto supply, StartSupply(criu, std::move(server), staging));
+  ELSA_ASSIGN_OR_RETURN(page_server::LoopbackPair pair, page_server::ConnectedLoopbackPair());
+  auto server = page_server::LazyPageServer::OnConnection(std::move(pair.ours), source.get());
+  ELSA_ASSIGN_OR_RETURN(auto supply, StartSupply(criu, std::move(server), std::move(pair.theirs), staging));
   supply->source_ = std::move(source);
   return supply;
 }
 
 Result<std::unique_ptr<LazyPageSupply>> CheckpointPages::StartSupply(
-    const CriuDriver& criu, std::unique_ptr<page_server::LazyPageServer> server, const std::string& staging) {
+    const CriuDriver& criu, std::unique_ptr<page_server::LazyPageServer> server, UniqueFd criu_end,
+    const std::string& staging) {
   auto supply = std::make_unique<LazyPageSupply>();
   supply->hold_ = gate_.Hold();
   supply->staging_ = staging;
   supply->server_ = std::move(server);
-  const uint16_t port = supply->server_->port();
   supply->serving_ = std::async(std::launch::async, [s = supply->server_.get()] { return s->ServeOne(10min); });
-  auto daemon = criu.StartLazyPages(staging, kLoopback, port);
+  auto daemon = criu.StartLazyPages(staging, criu_end.get());
+  criu_end.Reset();  // the daemon's now: its exit is the end of the connection
   if (!daemon.ok()) {
-    Poke(port);
+    supply->server_->Hangup();
     (void)supply->serving_.get();
     return daemon.status();
   }

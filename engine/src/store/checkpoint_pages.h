@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "elsa/child_process.h"
+#include "elsa/unique_fd.h"
 #include "elsa/engine/checkpoint_store.h"
 #include "elsa/engine/criu_driver.h"
 #include "elsa/page_server/lazy_server.h"
@@ -94,20 +95,18 @@ class CollectGate {
 };
 using PagesPin = CollectGate::Pin;
 
-// A dump's pages arriving: start before `criu dump`, pass CRIU address() and port(), Finish after.
+// A dump's pages arriving: start before `criu dump`, give CRIU DumpRequest(), Finish after. CRIU
+// is handed its end of a private connection to our receiver: no other process can reach it.
 class PageIntake {
  public:
   PageIntake() = default;  // made by CheckpointPages::StartIntake
   ~PageIntake();
-  const std::string& address() const { return address_; }
-  uint16_t port() const { return port_; }
   // A dump of `pid` into `dir_fd` with its pages sent to this intake.
   CriuDumpRequest DumpRequest(pid_t pid, int dir_fd) const {
     CriuDumpRequest request;
     request.pid = pid;
     request.images_dir_fd = request.work_dir_fd = dir_fd;
-    request.page_server_address = address_;
-    request.page_server_port = port_;
+    request.page_server_fd = criu_end_.get();
     return request;
   }
   // The receiver's account once CRIU is done; if the dump failed, the receiver is stopped.
@@ -118,8 +117,7 @@ class PageIntake {
   PagesPin hold_;
   std::unique_ptr<page_server::PageReceiver> receiver_;
   std::future<Result<page_server::ReceiverStats>> serving_;
-  std::string address_ = "127.0.0.1";
-  uint16_t port_ = 0;
+  UniqueFd criu_end_;
 };
 
 // Pages for a lazy restore: our lazy server plus `criu lazy-pages` in `staging`, which must
@@ -196,7 +194,7 @@ class CheckpointPages {
   Result<CollectReport> CollectExclusively(const LiveCheckpoints& live);
   Result<std::unique_ptr<LazyPageSupply>> StartSupply(const CriuDriver& criu,
                                                       std::unique_ptr<page_server::LazyPageServer> server,
-                                                      const std::string& staging);
+                                                      UniqueFd criu_end, const std::string& staging);
 
   std::unique_ptr<page_server::PageStore> store_;
   mutable CollectGate gate_;

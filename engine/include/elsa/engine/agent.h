@@ -4,6 +4,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <map>
@@ -42,6 +43,7 @@ struct AgentConfig {
   int peer_streams = 4;
   int peer_timeout_ms = 30000;  // a peer (or link) silent this long fails the migration
   Logger log;                   // where the agent's own lines go (elsad: its log)
+  std::string test_fault;       // elsad --test-fault: a failure on purpose, for the test suite
 
   transport::ChannelOptions PeerChannelOptions() const {
     transport::ChannelOptions options;
@@ -183,10 +185,15 @@ class Agent {
   std::condition_variable exited_cv_;
   std::map<std::string, std::unique_ptr<Session>> sessions_;
   std::set<std::string> reserved_names_;  // names being restored into
+  std::multiset<std::string> incoming_;   // names whose incoming migration is under way
   uint64_t next_serial_ = 1;
   // Lazy restores' page supplies, each on a thread until its session has every page: joined
   // on destruction, so pages are never cut off.
   ThreadSet paging_threads_;
+  // Migrations that lost their destination after `restore`, asking it until they learn where the
+  // session runs.
+  ThreadSet resolving_threads_;
+  std::atomic<bool> stopping_{false};
 };
 
 }  // namespace elsa

@@ -29,17 +29,21 @@ struct CriuDumpRequest {
   // Leaves the tree stopped (SIGSTOP) and its connections locked: a migration resumes it
   // (ResumeStoppedTree) if the destination fails, or ends it once the destination runs it.
   bool leave_stopped = false;
-  // When set, memory goes to the page server at this address and port instead of pages images.
-  std::string page_server_address;
-  uint16_t page_server_port = 0;
+  // When set, memory goes to the page server at the other end of this connected socket (CRIU's
+  // end of a page_server::ConnectedLoopbackPair) instead of into pages images.
+  int page_server_fd = -1;
   // When set: `dump --lazy-pages`. Anonymous private memory stays out of the images (marked
   // PE_LAZY); once the images are written CRIU says "status-ready" and serves those pages on
-  // this port until a client sends CLOSE, and only then finishes the dump.
-  uint16_t lazy_pages_port = 0;
-  // A CRIU configuration file applied over these options. RPC ignores the page server's
-  // address for a lazy dump (it would listen on every address); a file can set it.
+  // this connected socket until the other end sends CLOSE, and only then finishes the dump.
+  // RPC cannot hand a lazy dump its socket: `config_file` must say `ps-socket <this fd>`
+  // (LazyDumpConfig).
+  int lazy_pages_fd = -1;
+  // A CRIU configuration file applied over these options.
   std::string config_file;
 };
+
+// The configuration file line that hands a lazy dump its page-server socket.
+std::string LazyDumpConfig(int lazy_pages_fd);
 
 struct CriuRestoreRequest {
   int images_dir_fd = -1;
@@ -85,8 +89,9 @@ class CriuDriver {
   Result<CriuOutcome> Restore(const CriuRestoreRequest& request,
                               const CriuNotifyFn& notify = {}) const;
   // Starts `criu lazy-pages` on `dir` (its images and work directory), fetching pages from the
-  // page server at address:port; returns once it listens for a lazy restore in `dir`.
-  Result<ChildProcess> StartLazyPages(const std::string& dir, const std::string& address, uint16_t port) const;
+  // page server at the other end of `page_server_fd` (CRIU's end of a loopback pair); returns
+  // once it listens for a lazy restore in `dir`.
+  Result<ChildProcess> StartLazyPages(const std::string& dir, int page_server_fd) const;
 
  private:
   std::string binary_;

@@ -56,28 +56,35 @@ class LazyPageServer {
   // Answers from `source`, which must outlive this.
   static Result<std::unique_ptr<LazyPageServer>> Listen(const std::string& address, uint16_t port,
                                                         LazyPageSource* source);
-  uint16_t port() const { return port_; }
+  // Serve the one connection given, whose other end is `criu lazy-pages`' (see loopback.h):
+  // nobody else can read pages from this server.
+  static std::unique_ptr<LazyPageServer> OnConnection(UniqueFd connection, PageLocator locator, const PageStore* store);
+  static std::unique_ptr<LazyPageServer> OnConnection(UniqueFd connection, LazyPageSource* source);
+  uint16_t port() const { return port_; }  // 0 on a given connection
+
+  // Ends a ServeOne in progress on another thread (the restore failed: nothing faults any more).
+  void Hangup();
 
   // Serves one lazy-pages connection until its CLOSE. A GET for a page we do not hold, or
   // anything else the protocol does not allow here, ends that connection with the reason.
   Result<LazyServeStats> ServeOne(std::chrono::milliseconds accept_timeout,
                                   std::chrono::milliseconds idle_timeout = std::chrono::minutes(5));
 
-  LazyPageServer(UniqueFd listen_fd, uint16_t port, LazyPageSource* source, std::unique_ptr<LazyPageSource> owned);
+  LazyPageServer(UniqueFd listen_fd, uint16_t port, UniqueFd connection, LazyPageSource* source,
+                 std::unique_ptr<LazyPageSource> owned);
 
  private:
   UniqueFd listen_fd_;
   uint16_t port_;
+  UniqueFd connection_;
   std::unique_ptr<LazyPageSource> owned_;
   LazyPageSource* source_;
 };
 
-// The other end of a lazy dump (`criu dump --lazy-pages`): CRIU's page server on loopback
-// `port`. Says CLOSE without asking for any page, so CRIU finishes the dump and leaves the tree
-// as asked (stopped, for a migration that reads its memory from the tree itself).
-Status CloseLazyDumpServer(uint16_t port, std::chrono::milliseconds timeout);
-
-// A loopback port free right now, for a server someone else creates (CRIU's).
-Result<uint16_t> FreeLoopbackPort();
+// The other end of a lazy dump (`criu dump --lazy-pages` serving on the socket it was handed):
+// says CLOSE on our end, `connection`, without asking for any page, so CRIU finishes the dump
+// and leaves the tree as asked (stopped, for a migration that reads its memory from the tree
+// itself).
+Status CloseLazyDump(int connection, std::chrono::milliseconds timeout);
 
 }  // namespace elsa::page_server

@@ -33,18 +33,26 @@ class PageReceiver {
   // file naming its pages by hash instead of a pages image.
   static Result<std::unique_ptr<PageReceiver>> Listen(const std::string& address, uint16_t port,
                                                       const std::string& images_dir, PageSink* sink = nullptr);
-  uint16_t port() const { return port_; }
+  // Serves the one connection given, whose other end is CRIU's (see loopback.h): nobody else can
+  // reach this receiver.
+  static Result<std::unique_ptr<PageReceiver>> OnConnection(UniqueFd connection, const std::string& images_dir,
+                                                            PageSink* sink = nullptr);
+  uint16_t port() const { return port_; }  // 0 on a given connection
+
+  // Ends a ServeOne in progress on another thread (CRIU failed before it said CLOSE).
+  void Hangup();
 
   // Serves one connection to its CLOSE, as `criu page-server` does. A connection that breaks
   // the protocol is ended with the reason; the next call serves the next connection.
   Result<ReceiverStats> ServeOne(std::chrono::milliseconds accept_timeout,
                                  std::chrono::milliseconds idle_timeout = std::chrono::minutes(5));
 
-  PageReceiver(UniqueFd listen_fd, uint16_t port, UniqueFd images_dir, PageSink* sink);
+  PageReceiver(UniqueFd listen_fd, uint16_t port, UniqueFd connection, UniqueFd images_dir, PageSink* sink);
 
  private:
   UniqueFd listen_fd_;
   uint16_t port_;
+  UniqueFd connection_;
   UniqueFd dir_;
   uint32_t next_pages_id_;
   PageSink* sink_;
