@@ -436,3 +436,44 @@ def test_the_source_agent_dying_after_the_destination_has_every_page_leaves_the_
     finally:
         a1.close()
         kill_stray_processes(hosts, "h1")
+
+
+def test_the_source_agent_dying_mid_postcopy_resumes_the_session_once_an_agent_is_back(hosts, bin_dir, workdir,
+                                                                                         secret_file):
+    """A's agent is killed while B's copy still lacks pages: B ends its copy, and A's frozen one
+    used to have no owner (the session dead on both hosts). The next agent on A's state
+    directory finds the record of it, asks B, and lets it run again."""
+    hosts.shape("200mbit")  # the post-copy of 512 MiB takes ~20 s: time to pull the plug
+    a1 = host_agent(bin_dir, hosts, "h1", secret_file).start()
+    try:
+        server, kernel = run_on_h1(a1, hosts, workdir)
+        h1_root = a1.sessions()["alice"]["pid"]
+        with host_agent(bin_dir, hosts, "h2", secret_file) as a2:
+            migration = migrate_in_background(bin_dir, a1, hosts.address("h2"), "--mode", "postcopy")
+            deadline = time.monotonic() + 60
+            while "alice" not in a2.sessions() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert "alice" in a2.sessions(), "the session runs on h2, its memory still arriving"
+            time.sleep(1)
+            a1.proc.kill()  # A's agent dies in the middle of post-copy
+            migration.communicate(timeout=30)
+            deadline = time.monotonic() + 60
+            while "alice" in a2.sessions() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert "alice" not in a2.sessions(), "B's copy, missing pages, ends"
+            assert alive(h1_root), "A's frozen copy is still there"
+            a1.start()  # a new agent on the same state directory
+            deadline = time.monotonic() + 60
+            while "runs here again" not in a1.agent_log() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert "runs here again" in a1.agent_log(), a1.agent_log()[-3000:]
+            hosts.shape(None)
+            with hosts.inside("h2"):
+                conn = JupyterServer(hosts.address("h1"), server.port, server.token).connect(
+                    kernel, session_id="e2e-session")
+            assert conn.eval("x + 1") == "42"
+            assert conn.eval(CHECK_ARRAY) == "True"
+            conn.close()
+    finally:
+        a1.close()
+        kill_stray_processes(hosts, "h1")

@@ -14,6 +14,7 @@
 #include "elsa/file_util.h"
 #include "elsa/stopwatch.h"
 #include "migrate/destination.h"
+#include "migrate/frozen_copy.h"
 #include "migrate/host.h"
 #include "migrate/source.h"
 #include "store/checkpoint_pages.h"
@@ -153,6 +154,10 @@ Status Agent::Open() {
   ELSA_RETURN_IF_ERROR(MakeDirs(config_.state_dir + "/run", 0700));
   ELSA_RETURN_IF_ERROR(store_.Open());
   ELSA_ASSIGN_OR_RETURN(pages_, CheckpointPages::Open(config_.state_dir + "/pages", config_.log));
+  // Sessions a migration left frozen when the previous agent died: settled with their destination.
+  SettleFrozenCopies(config_, [this](std::function<void(const std::atomic<bool>&)> work) {
+    host_->ResolveLater(std::move(work));
+  });
   return Status::Ok();
 }
 

@@ -3,13 +3,13 @@
 #include <condition_variable>
 #include <cstdio>
 #include <future>
-#include <cerrno>
-#include <cstring>
+#include <tuple>
 #include <mutex>
 #include <thread>
 
 #include "elsa/page_server/criu_stats.h"
 #include "elsa/stopwatch.h"
+#include "migrate/frozen_copy.h"
 #include "migrate/image_files.h"
 #include "migrate/peer_reader.h"
 #include "migrate/postcopy.h"
@@ -43,7 +43,7 @@ MigrationSource::MigrationSource(MigrationHost& host, std::string name, MigrateO
       options_(std::move(options)),
       progress_(std::move(progress)),
       log_(host.log().With("session", name_).With("op", "migrate")),
-      stopped_(std::make_unique<StoppedTree>(log_)) {}
+      stopped_(std::make_unique<StoppedTree>(log_, FrozenCopyPath(host.config().state_dir, name_))) {}
 
 MigrationSource::~MigrationSource() = default;
 
@@ -73,31 +73,6 @@ Result<MigrateReport> MigrationSource::Run() {
   return out_;
 }
 
-namespace {
-
-bool NobodyListens(const Status& st) { return st.message().find(std::strerror(ECONNREFUSED)) != std::string::npos; }
-
-// One question on a new channel: where does `name` run? Connection refused means no agent
-// listens there, so nothing there holds the session (an agent's sessions die with it).
-Result<peer::Outcome> AskOnce(const AgentConfig& config, const std::pair<std::string, uint16_t>& destination,
-                              const std::string& name) {
-  ELSA_ASSIGN_OR_RETURN(transport::Backend backend, transport::ParseBackend(config.peer_backend));
-  ELSA_ASSIGN_OR_RETURN(auto transport, transport::MakeTransport(backend));
-  transport::ChannelOptions options = config.PeerChannelOptions();
-  options.streams = 1;
-  auto channel = transport->Connect({destination.first, destination.second}, options);
-  if (!channel.ok()) {
-    if (NobodyListens(channel.status())) return peer::Outcome::kAbsent;
-    return channel.status();
-  }
-  ELSA_RETURN_IF_ERROR((*channel)->Send(peer::EncodeControl(peer::Resolve{name}), 0));
-  ELSA_ASSIGN_OR_RETURN(peer::Resolution answer,
-                        peer::Expect<peer::Resolution>(ReceiveControl(**channel, 10s), "to a resolve"));
-  (void)(*channel)->Close(2s);
-  return answer.outcome;
-}
-
-}  // namespace
 
 Result<bool> MigrationSource::AskWhereItRuns(const Status& why, Clock::time_point deadline) {
   // On the conversation itself, if it still works: B answers `abort` with `committed` (it keeps
@@ -112,7 +87,7 @@ Result<bool> MigrationSource::AskWhereItRuns(const Status& why, Clock::time_poin
   }
   Status last = Status::Ok();
   for (int attempt = 1;; ++attempt) {
-    Result<peer::Outcome> outcome = AskOnce(host_.config(), destination_, name_);
+    Result<peer::Outcome> outcome = AskWhereSessionRuns(host_.config(), destination_, name_);
     if (outcome.ok() && *outcome != peer::Outcome::kUndecided) return *outcome == peer::Outcome::kKept;
     last = outcome.ok() ? Status::Unavailable(out_.destination + " is still deciding") : outcome.status();
     Report(progress_, "resolve", "asking " + out_.destination + " whether it runs the session (attempt " +
@@ -134,23 +109,19 @@ Status MigrationSource::LeaveInDoubt(const Status& why, const Status& asking) {
              "): it stays frozen here (pid " + std::to_string(pid) + ") until " + out_.destination + " answers");
   host_.ResolveLater([held, config = host_.config(), destination = destination_, name = name_,
                       log = log_](const std::atomic<bool>& stop) {
-    while (!stop) {
-      Result<peer::Outcome> outcome = AskOnce(config, destination, name);
-      if (outcome.ok() && *outcome == peer::Outcome::kKept) {
-        log.Info("the destination runs the session: its frozen copy here ends");
-        held->stopped->End();
-        held->claim.Forget(10);
-        return;
-      }
-      if (outcome.ok() && *outcome == peer::Outcome::kAbsent) {
-        log.Info("the destination has no copy of the session: it runs here again");
-        if (Status resumed = held->stopped->Resume(); !resumed.ok()) log.Error("resuming: " + resumed.ToString());
-        return;
-      }
-      for (int i = 0; i < 50 && !stop; ++i) std::this_thread::sleep_for(100ms);
+    std::optional<bool> there = AskUntilKnown(config, destination, name, stop);
+    if (!there) {
+      log.Error("the agent stops before the destination could be asked: the session stays frozen here, and the "
+                "next agent on this state directory asks again");
+      held->stopped->LeaveStopped();
+    } else if (*there) {
+      log.Info("the destination runs the session: its frozen copy here ends");
+      held->stopped->End();
+      held->claim.Forget(10);
+    } else {
+      log.Info("the destination has no copy of the session: it runs here again");
+      if (Status resumed = held->stopped->Resume(); !resumed.ok()) log.Error("resuming: " + resumed.ToString());
     }
-    log.Error("the agent stops before the destination could be asked: the session stays frozen here");
-    held->stopped->LeaveStopped();
   });
   return why.WithContext("migration of '" + name_ + "' to " + out_.destination + " failed after the restore, and " +
                          out_.destination + " cannot be asked whether it runs the session (" + asking.message() +
@@ -261,9 +232,25 @@ Status MigrationSource::FreezeGate() {
 }
 
 Status MigrationSource::Freeze() {
+  // On disk before the tree stops, so that an agent dying from here on leaves a copy the next
+  // one can settle (frozen_copy.h).
+  FrozenCopy record;
+  record.session = name_;
+  record.pid = claim_->info().pid;
+  record.start_ticks = ProcessStartTicks(record.pid);
+  std::tie(record.host, record.port) = destination_;
+  ELSA_RETURN_IF_ERROR(RecordFrozenCopy(host_.config().state_dir, record));
   frozen_at_ = Clock::now();
   wire_before_stop_ = channel_->Stats().payload_bytes_sent;
-  ELSA_RETURN_IF_ERROR(IsPostcopy(options_.mode) ? FreezeLazily() : FreezeWithPages());
+  Status frozen = IsPostcopy(options_.mode) ? FreezeLazily() : FreezeWithPages();
+  if (!stopped_->held()) {
+    (void)::unlink(FrozenCopyPath(host_.config().state_dir, name_).c_str());  // CRIU thawed the tree itself
+  } else {
+    record.lock_table = stopped_->network_lock_table();
+    if (Status st = RecordFrozenCopy(host_.config().state_dir, record); !st.ok())
+      log_.Warning("recording the frozen copy's network lock: " + st.ToString());
+  }
+  ELSA_RETURN_IF_ERROR(frozen);
   out_.dump_seconds = SecondsSince(frozen_at_);
   if (IsPostcopy(options_.mode)) {
     ELSA_ASSIGN_OR_RETURN(LazyPlan plan, LazyPlan::FromImages(dump_dir_.path()));

@@ -69,11 +69,17 @@ void StoppedTree::Take(pid_t root, std::string network_lock_table) {
   lock_table_ = std::move(network_lock_table);
 }
 
+void StoppedTree::Settled() {
+  if (!record_.empty()) (void)::unlink(record_.c_str());
+}
+
 Status StoppedTree::Resume() {
   if (!held()) return Status::Ok();
   const pid_t root = root_;
   root_ = 0;
-  return ResumeStoppedTree(root, lock_table_);
+  Status resumed = ResumeStoppedTree(root, lock_table_);
+  Settled();
+  return resumed;
 }
 
 void StoppedTree::End() {
@@ -81,6 +87,7 @@ void StoppedTree::End() {
   ::kill(root_, SIGKILL);
   ::kill(root_, SIGCONT);
   root_ = 0;
+  Settled();
   if (!lock_table_.empty())
     if (Status dropped = DropCriuNetworkLock(lock_table_); !dropped.ok())
       log_.Warning("dropping CRIU's network lock " + lock_table_ + ": " + dropped.ToString());

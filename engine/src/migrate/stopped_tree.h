@@ -20,7 +20,9 @@ Status ResumeStoppedTree(pid_t root, const std::string& network_lock_table);
 // failed migration never leaves the session frozen, nor ended on both hosts.
 class StoppedTree {
  public:
-  explicit StoppedTree(Logger log) : log_(std::move(log)) {}
+  // `record`: the tree's FrozenCopy record, removed once it is settled (resumed or ended), kept
+  // if it is left stopped.
+  explicit StoppedTree(Logger log, std::string record = "") : log_(std::move(log)), record_(std::move(record)) {}
   StoppedTree(const StoppedTree&) = delete;
   StoppedTree& operator=(const StoppedTree&) = delete;
   ~StoppedTree();
@@ -40,7 +42,10 @@ class StoppedTree {
   void LeaveStopped() { root_ = 0; }
 
  private:
+  void Settled();
+
   Logger log_;
+  std::string record_;
   pid_t root_ = 0;
   std::string lock_table_;
 };
