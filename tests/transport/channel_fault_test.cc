@@ -303,6 +303,45 @@ TEST_P(Faults, APeerProcessKilledMidTransfer) {
   EXPECT_EQ(end.code(), StatusCode::kPeerClosed) << end.message();
 }
 
+TEST_P(Faults, ASilentConnectionDoesNotHoldUpAnotherOnesHandshake) {
+  // Connected, and never a byte: it used to take the accept loop for its whole handshake
+  // timeout, and every other peer waited behind it.
+  std::vector<UniqueFd> silent;
+  for (int i = 0; i < 3; ++i) {
+    auto fd = ConnectTcp({"127.0.0.1", listener_->port()}, Clock::now() + 5s);
+    ASSERT_TRUE(fd.ok()) << fd.status().message();
+    silent.push_back(std::move(*fd));
+  }
+  auto accepting = std::async(std::launch::async, [this] { return listener_->Accept(20s); });
+  std::this_thread::sleep_for(100ms);  // the silent ones are in first
+  const auto start = Clock::now();
+  auto connected = transport_->Connect({"127.0.0.1", listener_->port()}, options_);
+  ASSERT_TRUE(connected.ok()) << connected.status().message();
+  auto accepted = accepting.get();
+  ASSERT_TRUE(accepted.ok()) << accepted.status().message();
+  EXPECT_LT(Clock::now() - start, 2s) << "the handshake waited for the silent connections (handshake timeout "
+                                      << options_.handshake_timeout.count() << " ms)";
+}
+
+TEST_P(Faults, SilentConnectionsFromOnePeerAreBounded) {
+  // More silent connections from one address than it may have in their handshake: the rest
+  // are closed at once, not kept.
+  std::vector<UniqueFd> silent;
+  for (int i = 0; i < 12; ++i) {
+    auto fd = ConnectTcp({"127.0.0.1", listener_->port()}, Clock::now() + 5s);
+    ASSERT_TRUE(fd.ok()) << fd.status().message();
+    silent.push_back(std::move(*fd));
+  }
+  (void)listener_->Accept(500ms);  // takes them all in
+  int closed = 0;
+  for (const UniqueFd& fd : silent) {
+    pollfd p{fd.get(), POLLIN, 0};
+    char c;
+    if (::poll(&p, 1, 100) == 1 && ::recv(fd.get(), &c, 1, MSG_DONTWAIT) == 0) closed++;
+  }
+  EXPECT_EQ(closed, 12 - 8) << "8 per peer wait for their handshake";
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, Faults, ::testing::ValuesIn(BackendsUnderTest()), BackendParamName);
 
 }  // namespace

@@ -1,12 +1,17 @@
 // Backend selection, connecting, and accepting: everything before a channel exists.
 #include <netdb.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cstdio>
+#include <deque>
 #include <map>
+#include <mutex>
 
 #include "connection.h"
+#include "elsa/thread_set.h"
 #include "elsa/transport/transport.h"
 #include "handshake.h"
 #include "stream_channel.h"
@@ -42,54 +47,67 @@ std::string PeerName(int fd) {
   return host;
 }
 
+// Handshakes run on threads of their own, so a peer that connects and stays silent holds only
+// its own slot for `handshake_timeout`, never the accept of everyone else. Slots are bounded, in
+// all and per peer address, so silent connections cannot pile up either.
 class StreamListener final : public Listener {
  public:
-  StreamListener(Backend backend, UniqueFd fd, uint16_t port, ChannelOptions options)
-      : backend_(backend), fd_(std::move(fd)), port_(port), options_(std::move(options)) {}
+  static constexpr size_t kMaxPendingHandshakes = 64;
+  static constexpr size_t kMaxPendingPerPeer = 8;
+
+  StreamListener(Backend backend, UniqueFd fd, uint16_t port, ChannelOptions options, UniqueFd wake)
+      : backend_(backend), fd_(std::move(fd)), port_(port), options_(std::move(options)), wake_(std::move(wake)) {}
+
+  ~StreamListener() override {
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+      for (const auto& [fd, peer] : pending_) ::shutdown(fd, SHUT_RDWR);  // ends their handshakes now
+    }
+    handshakes_.JoinAll();
+  }
 
   uint16_t port() const override { return port_; }
 
   Result<std::unique_ptr<Channel>> Accept(std::chrono::milliseconds timeout) override {
     const Deadline deadline = Clock::now() + timeout;
     for (;;) {
+      {
+        std::lock_guard lock(mu_);
+        if (!fatal_.ok()) return fatal_;
+        if (!ready_.empty()) {
+          std::unique_ptr<Channel> channel = std::move(ready_.front());
+          ready_.pop_front();
+          return channel;
+        }
+      }
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
       if (left <= 0) return Status::Timeout("no channel connected within " + std::to_string(timeout.count()) + " ms");
-      pollfd p{fd_.get(), POLLIN, 0};
-      int r = ::poll(&p, 1, static_cast<int>(left));
+      pollfd p[2] = {{fd_.get(), POLLIN, 0}, {wake_.get(), POLLIN, 0}};
+      int r = ::poll(p, 2, static_cast<int>(left));
       if (r < 0 && errno != EINTR) return Status::FromErrno("poll", errno);
-      if (r <= 0) continue;
+      if (p[1].revents & POLLIN) {
+        uint64_t count;
+        (void)!::read(wake_.get(), &count, sizeof count);
+      }
+      if (!(p[0].revents & POLLIN)) continue;
       UniqueFd conn_fd(::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
       if (!conn_fd) continue;
       TuneSocket(conn_fd.get());
       const std::string peer = PeerName(conn_fd.get());
-      const Deadline handshake_deadline = std::min(deadline, Clock::now() + options_.handshake_timeout);
-      auto conn = Wrap(backend_, std::move(conn_fd), handshake_deadline);
-      if (!conn.ok()) {
-        if (conn.status().code() == StatusCode::kFailedPrecondition) return conn.status();
-        options_.log.Warning("transport: dropped a connection from " + peer + ": " + conn.status().message());
-        continue;
+      {
+        std::lock_guard lock(mu_);
+        size_t from_peer = 0;
+        for (const auto& [fd, from] : pending_) from_peer += from == peer;
+        if (pending_.size() >= kMaxPendingHandshakes || from_peer >= kMaxPendingPerPeer) {
+          options_.log.Warning("transport: dropped a connection from " + peer + ": " + std::to_string(from_peer) +
+                               " of its connections (" + std::to_string(pending_.size()) +
+                               " in all) are still in their handshake");
+          continue;
+        }
+        pending_.emplace(conn_fd.get(), peer);
       }
-      auto hello = ServerHandshake(**conn, options_.secret, handshake_deadline);
-      if (!hello.ok()) {
-        options_.log.Warning("transport: refused a connection from " + peer + ": " + hello.status().message());
-        continue;
-      }
-      DropStaleGroups();
-      Group& g = groups_[hello->channel_id];
-      if (g.connections.empty()) {
-        g.connections.resize(hello->stream_count);
-        g.started = Clock::now();
-      }
-      if (g.connections.size() != hello->stream_count || g.connections[hello->stream_index]) {
-        options_.log.Warning("transport: dropped a stream from " + peer + ": inconsistent stream numbering");
-        continue;
-      }
-      g.connections[hello->stream_index] = std::move(*conn);
-      if (++g.ready == g.connections.size()) {
-        std::vector<std::unique_ptr<Connection>> connections = std::move(g.connections);
-        groups_.erase(hello->channel_id);
-        return std::unique_ptr<Channel>(std::make_unique<StreamChannel>(std::move(connections), options_));
-      }
+      handshakes_.Start([this, fd = std::move(conn_fd), peer]() mutable { Handshake(std::move(fd), peer); });
     }
   }
 
@@ -99,6 +117,45 @@ class StreamListener final : public Listener {
     size_t ready = 0;
     Clock::time_point started;
   };
+
+  void Handshake(UniqueFd conn_fd, const std::string& peer) {
+    const int raw = conn_fd.get();
+    const Deadline deadline = Clock::now() + options_.handshake_timeout;
+    Result<std::unique_ptr<Connection>> conn = Wrap(backend_, std::move(conn_fd), deadline);
+    Result<Hello> hello = conn.ok() ? ServerHandshake(**conn, options_.secret, deadline) : conn.status();
+    std::lock_guard lock(mu_);
+    pending_.erase(raw);
+    if (!conn.ok()) {
+      if (conn.status().code() == StatusCode::kFailedPrecondition) fatal_ = conn.status();
+      else options_.log.Warning("transport: dropped a connection from " + peer + ": " + conn.status().message());
+    } else if (!hello.ok()) {
+      if (!stopping_) options_.log.Warning("transport: refused a connection from " + peer + ": " + hello.status().message());
+    } else {
+      Join(std::move(*conn), *hello, peer);
+    }
+    const uint64_t one = 1;
+    (void)!::write(wake_.get(), &one, sizeof one);
+  }
+
+  // A stream joins its channel's group; the channel is ready once every stream has. mu_ held.
+  void Join(std::unique_ptr<Connection> conn, const Hello& hello, const std::string& peer) {
+    DropStaleGroups();
+    Group& g = groups_[hello.channel_id];
+    if (g.connections.empty()) {
+      g.connections.resize(hello.stream_count);
+      g.started = Clock::now();
+    }
+    if (g.connections.size() != hello.stream_count || g.connections[hello.stream_index]) {
+      options_.log.Warning("transport: dropped a stream from " + peer + ": inconsistent stream numbering");
+      return;
+    }
+    g.connections[hello.stream_index] = std::move(conn);
+    if (++g.ready == g.connections.size()) {
+      std::vector<std::unique_ptr<Connection>> connections = std::move(g.connections);
+      groups_.erase(hello.channel_id);
+      ready_.push_back(std::make_unique<StreamChannel>(std::move(connections), options_));
+    }
+  }
 
   // A channel whose streams never all arrive must not hold its connections forever.
   void DropStaleGroups() {
@@ -112,7 +169,15 @@ class StreamListener final : public Listener {
   UniqueFd fd_;
   uint16_t port_;
   ChannelOptions options_;
+  UniqueFd wake_;  // an eventfd: a handshake finished
+
+  std::mutex mu_;
+  bool stopping_ = false;
+  Status fatal_ = Status::Ok();
+  std::map<int, std::string> pending_;  // fds in their handshake -> peer address
   std::map<ChannelId, Group> groups_;
+  std::deque<std::unique_ptr<Channel>> ready_;
+  ThreadSet handshakes_;
 };
 
 class StreamTransport final : public Transport {
@@ -124,7 +189,10 @@ class StreamTransport final : public Transport {
     ELSA_RETURN_IF_ERROR(ValidateOptions(options));
     uint16_t port = 0;
     ELSA_ASSIGN_OR_RETURN(UniqueFd fd, ListenTcp(where, &port));
-    return std::unique_ptr<Listener>(std::make_unique<StreamListener>(backend_, std::move(fd), port, options));
+    UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!wake) return Status::FromErrno("eventfd", errno);
+    return std::unique_ptr<Listener>(
+        std::make_unique<StreamListener>(backend_, std::move(fd), port, options, std::move(wake)));
   }
 
   Result<std::unique_ptr<Channel>> Connect(const Endpoint& peer, const ChannelOptions& options) override {
