@@ -375,8 +375,7 @@ Result<CheckpointReport> Agent::Checkpoint(const std::string& name, bool leave_r
     dump.leave_running = leave_running;
     Result<CriuOutcome> dumped = SerializedDump(criu, dump, progress);
     Result<page_server::ReceiverStats> received = intake->Finish(dumped.ok());
-    // Our intake failing on the disk (full, or failing) is what ends CRIU's dump ("Broken pipe"):
-    // its error is the one that says what to do.
+    // Our intake failing on the disk (e.g. full) is what ended CRIU's dump: say so first.
     if (!dumped.ok() && !received.ok() && received.status().code() == StatusCode::kIoError)
       return Status(StatusCode::kIoError, "storing the dump's pages: " + received.status().message() +
                                               " (so CRIU's dump failed; the session runs on): " + dumped.status().message());
