@@ -275,8 +275,15 @@ Status PageStore::AppendRecordsLocked(DirectIoBytes& records,
   if (records.empty()) return Status::Ok();
   if (active_size_ >= segment_bytes_) ELSA_RETURN_IF_ERROR(StartSegment(segments_.back() + 1));
   PadToBlock(records);
-  ELSA_RETURN_IF_ERROR(WriteFully(active_.get(), {reinterpret_cast<const char*>(records.data()), records.size()},
-                                  "append to the page store"));
+  if (Status written = WriteFully(active_.get(), {reinterpret_cast<const char*>(records.data()), records.size()},
+                                  "append to the page store");
+      !written.ok()) {
+    // A full disk takes part of a write: cut it off, or the next append (O_APPEND, at the file's
+    // real end) would be indexed at active_size_ and every page in it read as damaged. Shrinking
+    // needs no space; should it fail anyway, later pages go to a fresh segment.
+    if (::ftruncate(active_.get(), static_cast<off_t>(active_size_)) != 0) active_size_ = segment_bytes_;
+    return written;
+  }
   for (auto [hash, loc] : added) {
     loc.segment = segments_.back();
     loc.offset += active_size_;
@@ -471,47 +478,69 @@ Status PageStore::SyncLocked() {
 }
 
 Result<uint64_t> PageStore::Collect(const std::function<bool(const PageHash&)>& live) {
-  // Live pages of a segment that holds dead ones are copied into a fresh segment, then the old
-  // segment is deleted. Until then both copies exist, so a crash at any point loses nothing.
-  // The store is busy meanwhile.
+  // One segment at a time: its live pages are copied into the newest segment and synced, then
+  // it is deleted, then the next. Collection is what a full disk needs most, so its own peak is
+  // one segment's live pages, not every affected segment's. Both copies exist until the old one
+  // goes, so a crash (or ENOSPC) at any point loses nothing: the index names the copy that is
+  // durable, and what was not collected yet is collected next time. The store is busy meanwhile.
   std::lock_guard lock(mu_);
-  std::unordered_set<uint32_t> to_rewrite;
-  std::vector<std::pair<PageHash, Location>> dead;
+  struct Affected {
+    std::vector<std::pair<PageHash, Location>> live, dead;
+    uint64_t live_bytes = 0;
+  };
+  std::unordered_map<uint32_t, Affected> by_segment;
   for (const auto& [hash, loc] : index_)
-    if (!live(hash)) {
-      to_rewrite.insert(loc.segment);
-      dead.emplace_back(hash, loc);
-    }
-  if (to_rewrite.empty()) return uint64_t{0};
-  for (const auto& d : dead) index_.erase(d.first);
+    if (!live(hash)) by_segment[loc.segment].dead.emplace_back(hash, loc);
+  if (by_segment.empty()) return uint64_t{0};
+  for (const auto& [hash, loc] : index_) {
+    auto it = by_segment.find(loc.segment);
+    if (it == by_segment.end() || !live(hash)) continue;
+    it->second.live.emplace_back(hash, loc);
+    it->second.live_bytes += sizeof(RecordHeader) + loc.stored_length;
+  }
+  // Cheapest first: a segment with nothing live frees its space without taking any, which is
+  // what lets the copies of the next ones fit.
+  std::vector<uint32_t> order;
+  for (const auto& [n, a] : by_segment) order.push_back(n);
+  std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) {
+    return by_segment[a].live_bytes != by_segment[b].live_bytes ? by_segment[a].live_bytes < by_segment[b].live_bytes
+                                                                : a < b;
+  });
   const uint64_t before = stats_.stored_bytes;
-  // The active segment is sealed first, so what is moved never lands in a segment being deleted.
-  ELSA_RETURN_IF_ERROR(StartSegment(segments_.back() + 1));
+  // The active segment is sealed first if it is affected, so what is moved never lands in a
+  // segment about to be deleted.
+  if (by_segment.count(segments_.back())) ELSA_RETURN_IF_ERROR(StartSegment(segments_.back() + 1));
   std::vector<uint8_t> page(kPage);
   DirectIoBytes records;
   std::vector<std::pair<PageHash, Location>> moved;
-  for (const auto& [hash, loc] : index_) {
-    if (!to_rewrite.count(loc.segment)) continue;
-    ELSA_RETURN_IF_ERROR(ReadLocked(loc, hash, page.data()).WithContext("collecting the page store"));
-    moved.emplace_back(hash, BuildRecord(hash, page.data(), records));
-    if (records.size() >= (4u << 20)) {
-      ELSA_RETURN_IF_ERROR(AppendRecordsLocked(records, moved));
-      records.clear();
-      moved.clear();
+  for (uint32_t n : order) {
+    Affected& a = by_segment[n];
+    // In file order: the old segment is read front to back.
+    std::sort(a.live.begin(), a.live.end(), [](const auto& x, const auto& y) { return x.second.offset < y.second.offset; });
+    for (const auto& [hash, loc] : a.live) {
+      ELSA_RETURN_IF_ERROR(ReadLocked(loc, hash, page.data()).WithContext("collecting the page store"));
+      moved.emplace_back(hash, BuildRecord(hash, page.data(), records));
+      if (records.size() >= (4u << 20)) {
+        ELSA_RETURN_IF_ERROR(AppendRecordsLocked(records, moved).WithContext("collecting the page store"));
+        records.clear();
+        moved.clear();
+      }
     }
-  }
-  ELSA_RETURN_IF_ERROR(AppendRecordsLocked(records, moved));
-  ELSA_RETURN_IF_ERROR(SyncLocked());
-  for (uint32_t n : to_rewrite) {
+    ELSA_RETURN_IF_ERROR(AppendRecordsLocked(records, moved).WithContext("collecting the page store"));
+    records.clear();
+    moved.clear();
+    ELSA_RETURN_IF_ERROR(SyncLocked());
+    for (const auto& d : a.dead) index_.erase(d.first);
     read_fds_.erase(n);
     struct stat st {};
-    if (::stat(SegmentPath(n).c_str(), &st) == 0) stats_.stored_bytes -= static_cast<uint64_t>(st.st_size);
-    std::filesystem::remove(SegmentPath(n));
+    const uint64_t size = ::stat(SegmentPath(n).c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+    if (::unlink(SegmentPath(n).c_str()) != 0 && errno != ENOENT)
+      return Status::FromErrno("remove " + SegmentPath(n), errno).WithContext("collecting the page store");
+    stats_.stored_bytes -= std::min(size, stats_.stored_bytes);
+    segments_.erase(std::remove(segments_.begin(), segments_.end(), n), segments_.end());
+    stats_.unique_pages = index_.size();
+    ELSA_RETURN_IF_ERROR(FsyncPath(dir_));
   }
-  segments_.erase(std::remove_if(segments_.begin(), segments_.end(), [&](uint32_t n) { return to_rewrite.count(n) != 0; }),
-                  segments_.end());
-  ELSA_RETURN_IF_ERROR(FsyncPath(dir_));
-  stats_.unique_pages = index_.size();
   return before > stats_.stored_bytes ? before - stats_.stored_bytes : 0;
 }
 

@@ -132,9 +132,15 @@ Result<std::vector<PagedImage>> LoadPagedImages(const std::string& dir) {
       return Status::Corruption(name + " names pages " + std::to_string(image.pagemap.pages_id) + " but " + refs_name +
                                 " cannot be read: " + refs.status().message());
     ELSA_ASSIGN_OR_RETURN(image.refs, DecodeRefs(AsBytes(*refs)).WithContext(refs_name));
+    // Counted without wrapping: runs whose page counts add up to the refs' count only modulo
+    // 2^64 would send the locator and MaterializeImages far past the refs.
     uint64_t present = 0;
     for (const auto& entry : image.pagemap.entries)
-      if (entry.flags & kPePresent) present += entry.nr_pages;
+      if (entry.flags & kPePresent) {
+        if (entry.nr_pages > image.refs.size() - std::min<uint64_t>(present, image.refs.size()))
+          return Status::Corruption(name + " marks more pages present than " + refs_name + " names");
+        present += entry.nr_pages;
+      }
     if (present != image.refs.size())
       return Status::Corruption(refs_name + " names " + std::to_string(image.refs.size()) + " pages but " + name +
                                 " has " + std::to_string(present) + " present");

@@ -4,8 +4,10 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <filesystem>
 #include <mutex>
 #include <thread>
 
@@ -48,6 +50,46 @@ TEST(SessionProcess, RunsAsInitOfItsOwnPidNamespaceWithOutputCaptured) {
   ASSERT_TRUE(log.ok());
   EXPECT_NE(log->find("pid=1 "), std::string::npos) << *log;  // init of a new PID namespace
   EXPECT_NE(log->find("err"), std::string::npos) << *log;
+}
+
+// A session that writes without end must not fill the agent's disk: its log is rotated at
+// SessionLogLimits' size (8 MiB by default) and only `keep` (2) older files are kept.
+TEST(SessionProcess, ALogIsRotatedAndStaysWithinItsBound) {
+  ELSA_REQUIRE_ROOT();
+  TempDir dir;
+  auto pipe = OutputPipe::Create();
+  ASSERT_TRUE(pipe.ok());
+  auto pid = SpawnInPidNamespace(
+      {{"sh", "-c", "yes 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde | head -c 41943040; echo the-end"},
+       kEnv, dir.path()},
+      *pipe);
+  ASSERT_TRUE(pid.ok()) << pid.status().message();
+  pipe->write_end.Reset();
+  std::mutex mu;
+  std::condition_variable cv;
+  bool exited = false;
+  {
+    auto sup = SessionSupervisor::Start(*pid, std::move(pipe->read_end), dir / "out.log", [&](int, int) {
+      std::lock_guard lock(mu);
+      exited = true;
+      cv.notify_all();
+    });
+    ASSERT_TRUE(sup.ok()) << sup.status().message();
+    std::unique_lock lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(60), [&] { return exited; }));
+  }
+  uint64_t total = 0;
+  std::vector<std::string> files;
+  for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
+    files.push_back(e.path().filename());
+    total += e.file_size();
+  }
+  std::sort(files.begin(), files.end());
+  EXPECT_LE(total, 3u * (8u << 20)) << "40 MiB of output, bounded to the log and 2 older ones";
+  EXPECT_EQ(files, (std::vector<std::string>{"out.log", "out.log.1", "out.log.2"}));
+  auto log = ReadFile(dir / "out.log", 64u << 20);
+  ASSERT_TRUE(log.ok());
+  EXPECT_EQ(log->substr(log->size() - 8), "the-end\n") << "the newest output is in the current log";
 }
 
 TEST(SessionProcess, ReportsAMissingCommandOrDirectory) {

@@ -402,6 +402,10 @@ Result<CheckpointReport> Agent::Checkpoint(const std::string& name, bool leave_r
     dump.leave_running = leave_running;
     Result<CriuOutcome> dumped = SerializedDump(criu, dump, progress);
     Result<page_server::ReceiverStats> received = intake->Finish(dumped.ok());
+    // Our intake failing on the disk (e.g. full) is what ended CRIU's dump: say so first.
+    if (!dumped.ok() && !received.ok() && received.status().code() == StatusCode::kIoError)
+      return Status(StatusCode::kIoError, "storing the dump's pages: " + received.status().message() +
+                                              " (so CRIU's dump failed; the session runs on): " + dumped.status().message());
     if (!dumped.ok()) return dumped.status();
     if (!received.ok()) return received.status().WithContext("taking in the dump's pages");
     const CriuOutcome& outcome = *dumped;

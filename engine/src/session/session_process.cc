@@ -136,14 +136,18 @@ Result<pid_t> SpawnInPidNamespace(const SpawnSpec& spec, const OutputPipe& outpu
 }
 
 SessionSupervisor::SessionSupervisor(Key, UniqueFd pidfd, UniqueFd output, UniqueFd log, UniqueFd stop,
-                                     ExitFn on_exit)
+                                     ExitFn on_exit, std::string log_path, SessionLogLimits limits)
     : pidfd_(std::move(pidfd)), output_(std::move(output)), log_(std::move(log)),
-      stop_(std::move(stop)), on_exit_(std::move(on_exit)) {
+      stop_(std::move(stop)), on_exit_(std::move(on_exit)), log_path_(std::move(log_path)), limits_(limits) {
+  struct stat st {};
+  if (::fstat(log_.get(), &st) == 0) log_bytes_ = static_cast<uint64_t>(st.st_size);  // a restored session's
   thread_ = std::thread([this] { Run(); });
 }
 
 Result<std::unique_ptr<SessionSupervisor>> SessionSupervisor::Start(pid_t pid, UniqueFd output_read_end,
-                                                                    const std::string& log_path, ExitFn on_exit) {
+                                                                    const std::string& log_path, ExitFn on_exit,
+                                                                    SessionLogLimits limits) {
+  if (limits.max_bytes == 0 || limits.keep < 0) return Status::InvalidArgument("session log limits must be positive");
   UniqueFd pidfd(PidfdOpen(pid));
   if (!pidfd) return Status::FromErrno("pidfd_open " + std::to_string(pid), errno);
   UniqueFd log(::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
@@ -151,7 +155,28 @@ Result<std::unique_ptr<SessionSupervisor>> SessionSupervisor::Start(pid_t pid, U
   UniqueFd stop(::eventfd(0, EFD_CLOEXEC));
   if (!stop) return Status::FromErrno("eventfd", errno);
   return std::make_unique<SessionSupervisor>(Key{}, std::move(pidfd), std::move(output_read_end),
-                                             std::move(log), std::move(stop), std::move(on_exit));
+                                             std::move(log), std::move(stop), std::move(on_exit), log_path, limits);
+}
+
+void SessionSupervisor::WriteLog(const char* data, size_t size) {
+  if (log_bytes_ > 0 && log_bytes_ + size > limits_.max_bytes) RotateLog();
+  ssize_t n = ::write(log_.get(), data, size);
+  if (n > 0) log_bytes_ += static_cast<uint64_t>(n);  // short or failed (disk full): the rest is dropped
+}
+
+void SessionSupervisor::RotateLog() {
+  const auto name = [&](int k) { return k == 0 ? log_path_ : log_path_ + "." + std::to_string(k); };
+  if (limits_.keep > 0) {
+    for (int k = limits_.keep; k >= 1; --k) (void)::rename(name(k - 1).c_str(), name(k).c_str());
+    UniqueFd fresh(::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+    if (fresh) {
+      log_ = std::move(fresh);
+      log_bytes_ = 0;
+      return;
+    }
+  }
+  // Nothing to keep, or no new file to be had: start the same file over, so the bound holds.
+  if (::ftruncate(log_.get(), 0) == 0) log_bytes_ = 0;
 }
 
 SessionSupervisor::~SessionSupervisor() {
@@ -182,8 +207,7 @@ void SessionSupervisor::Run() {
     if (out_idx >= 0 && fds[out_idx].revents) {
       ssize_t got = ::read(output_.get(), buf, sizeof buf);
       if (got > 0) {
-        ssize_t ignored = ::write(log_.get(), buf, static_cast<size_t>(got));
-        (void)ignored;
+        WriteLog(buf, static_cast<size_t>(got));
       } else if (got == 0 || (errno != EINTR && errno != EAGAIN)) {
         output_.Reset();
       }

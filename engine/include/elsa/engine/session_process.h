@@ -39,15 +39,25 @@ struct OutputPipe {
 // workdir) are reported from the child before exec, so they come back as a Status.
 Result<pid_t> SpawnInPidNamespace(const SpawnSpec& spec, const OutputPipe& output);
 
+// How much of a session's output its log keeps: a session printing without end must not fill
+// the agent's disk. At `max_bytes` the log is renamed LOG.1 (LOG.1 to LOG.2, ...; the oldest
+// beyond `keep` is dropped) and a new LOG begins, so at most (keep + 1) * max_bytes are on disk.
+struct SessionLogLimits {
+  uint64_t max_bytes = 8u << 20;
+  int keep = 2;
+};
+
 // Drains a session's output into its log and reports the exit of its root process. One thread;
-// stops (without touching the session) when destroyed.
+// stops (without touching the session) when destroyed. Output the log cannot take (a full disk)
+// is dropped: the session must never block on its own stdout.
 class SessionSupervisor {
  public:
   // exit_code when it exited, signal when it was killed (e.g. SIGKILL by CRIU after a dump).
   using ExitFn = std::function<void(int exit_code, int signal)>;
 
   static Result<std::unique_ptr<SessionSupervisor>> Start(pid_t pid, UniqueFd output_read_end,
-                                                          const std::string& log_path, ExitFn on_exit);
+                                                          const std::string& log_path, ExitFn on_exit,
+                                                          SessionLogLimits limits = {});
   ~SessionSupervisor();
   SessionSupervisor(const SessionSupervisor&) = delete;
   SessionSupervisor& operator=(const SessionSupervisor&) = delete;
@@ -56,16 +66,22 @@ class SessionSupervisor {
   struct Key {};  // only Start() constructs, after every resource is acquired
 
  public:
-  SessionSupervisor(Key, UniqueFd pidfd, UniqueFd output, UniqueFd log, UniqueFd stop, ExitFn on_exit);
+  SessionSupervisor(Key, UniqueFd pidfd, UniqueFd output, UniqueFd log, UniqueFd stop, ExitFn on_exit,
+                    std::string log_path, SessionLogLimits limits);
 
  private:
   void Run();
+  void WriteLog(const char* data, size_t size);
+  void RotateLog();
 
   UniqueFd pidfd_;
   UniqueFd output_;
   UniqueFd log_;
   UniqueFd stop_;  // eventfd: wakes the thread to stop
   ExitFn on_exit_;
+  const std::string log_path_;
+  const SessionLogLimits limits_;
+  uint64_t log_bytes_ = 0;  // in the current log file
   std::thread thread_;
 };
 

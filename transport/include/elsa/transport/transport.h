@@ -144,7 +144,10 @@ class Listener {
   virtual ~Listener() = default;
   virtual uint16_t port() const = 0;
   // The next fully authenticated channel (all its streams). Connections that fail the handshake
-  // are dropped and reported on stderr; Accept keeps waiting for a good one until `timeout`.
+  // are dropped and reported to ChannelOptions::log; Accept keeps waiting for a good one until
+  // `timeout`. Each connection's handshake runs on its own thread within handshake_timeout
+  // (independent of `timeout`, and finishing after Accept returned if need be), so a silent one
+  // never holds up the others.
   virtual Result<std::unique_ptr<Channel>> Accept(std::chrono::milliseconds timeout) = 0;
 };
 
