@@ -36,14 +36,18 @@ def descendants(root):
     return found
 
 
-def is_criu_or(pid, root):
+def may_run_a_page_server(pid, root):
+    """The agent itself, or a CRIU dumping or serving lazy pages. Not a restoring CRIU: the
+    session's own sockets (its kernels' listeners) come back to life in those processes, named
+    "criu" until they are the session again."""
     if pid == root:
         return True
     try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip() == "criu"
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return False
+    return cmdline.startswith("criu: dump") or " lazy-pages " in f" {cmdline} "
 
 
 class Intruder:
@@ -63,7 +67,7 @@ class Intruder:
         # them): those are the session's, not a page server.
         inodes, sessions = {}, set()
         for pid in descendants(self.agent_pid):
-            ours = is_criu_or(pid, self.agent_pid)
+            ours = may_run_a_page_server(pid, self.agent_pid)
             try:
                 for fd in os.listdir(f"/proc/{pid}/fd"):
                     link = os.readlink(f"/proc/{pid}/fd/{fd}")
