@@ -27,7 +27,7 @@ import elsa_hub  # noqa: E402
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PROXY_PORT, PROXY_API_PORT, HUB_PORT, SERVICE_PORT = 8000, 8001, 8081, 10101
 CULLER_TOKEN = secrets.token_hex(16)  # the scopes jupyterhub-idle-culler asks for, see the hub config
-USERS = ["admin", "alice", "bob", "carol", "dave", "erin", "frank", "gina", "hana"]
+USERS = ["admin", "alice", "bob", "carol", "dave", "erin", "frank", "gina", "hana", "ivan", "judy"]
 
 
 def artifacts_dir():

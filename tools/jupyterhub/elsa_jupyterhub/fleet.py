@@ -35,17 +35,25 @@ class Fleet:
 
     async def locate(self, name, prefer=None):
         """(host_name, info) of the running session `name`, asking `prefer`'s agent first;
-        (None, None) if no agent runs it."""
+        (None, None) if no agent that answered runs it."""
+        host, info, _ = await self.locate_or_unreachable(name, prefer)
+        return host, info
+
+    async def locate_or_unreachable(self, name, prefer=None):
+        """locate(), and {host: error} of the agents that did not answer: "not found" is only
+        "not running" when that is empty."""
         order = [prefer] if prefer in self.clients else []
         order += [n for n in self.clients if n != prefer]
+        unreachable = {}
         for host in order:
             try:
                 info = (await self.clients[host].sessions()).get(name)
-            except AgentError:
+            except AgentError as e:
+                unreachable[host] = str(e)
                 continue
             if info and info.get("state") == "running":
-                return host, info
-        return None, None
+                return host, info, unreachable
+        return None, None, unreachable
 
     async def checkpoints(self):
         """Every checkpoint on every reachable host, each with 'host' set to the host's name

@@ -166,12 +166,15 @@ class ElsaSpawner(Spawner):
         fleet, opts = self.fleet, dict(self.user_options or {})
         self.port = self._port()
         self.ip = "0.0.0.0"  # a migrated server keeps its listening socket: bound to any address
-        running_on, _ = await fleet.locate(self.session, prefer=self.host)
-        if running_on:  # e.g. the hub lost track: take it over rather than start a second copy
+        running_on, _, unreachable = await fleet.locate_or_unreachable(self.session, prefer=self.host)
+        if running_on:  # e.g. the hub lost track (a stop whose checkpoint failed): take it over
             self.log.warning("%s: session %s already runs on %s; adopting it", self._log_name, self.session, running_on)
+            if self.resume_token:
+                self.api_token = self.resume_token  # the token the running process holds, as on a restore
             return self._serve_from(running_on)
 
         sessions, errors = await fleet.sessions_by_host()
+        errors = {**unreachable, **errors}
         want_host = opts.get("host") or ""
         if want_host:
             self.cfg.host(want_host)  # a clear error for an unknown host
@@ -188,6 +191,15 @@ class ElsaSpawner(Spawner):
                                        "reachable host")
             elif cps:
                 checkpoint = cps[0]
+            # A server saved before (its checkpoint, the token its process holds) may run on a
+            # host that does not answer, or have its newest checkpoint there. Starting fresh
+            # would revoke that token and put a second copy in the same home: refuse instead.
+            saved = self.resume_token or self.checkpoint_id
+            if saved and errors and (checkpoint is None or self.checkpoint_host in errors):
+                down = ", ".join(f"{h} ({e})" for h, e in sorted(errors.items()))
+                raise RuntimeError(f"{self.user.name}'s server may be running on, or saved on, a host that does not "
+                                   f"answer: {down}. Starting a fresh one now would discard it; try again once the "
+                                   "host is back, or choose 'start fresh' to discard it on purpose")
 
         if checkpoint:
             host = checkpoint["host"]
@@ -263,13 +275,19 @@ class ElsaSpawner(Spawner):
     async def poll(self):
         fleet = self.fleet
         for attempt in range(3):
-            host, info = await fleet.locate(self.session, prefer=self.host)
+            host, info, unreachable = await fleet.locate_or_unreachable(self.session, prefer=self.host)
             if host:
                 if host != self.host:
                     self._moved_to(host)
                 return None
             if fleet.migrating(self.session):
                 return None  # in flight: the source still has it, or the destination soon will
+            if self.host in unreachable:
+                # Unknown is not stopped: told "stopped", JupyterHub would clean the server up and
+                # revoke the token of a process that may well run on. None keeps it as it is.
+                self.log.warning("%s: cannot tell whether %s still runs: its host %s does not answer (%s)",
+                                 self._log_name, self.session, self.host, unreachable[self.host])
+                return None
             await asyncio.sleep(0.5 * (attempt + 1))  # the hand-off between two agents' lists
         return 0
 
@@ -288,7 +306,13 @@ class ElsaSpawner(Spawner):
     # Stop ------------------------------------------------------------------------------------
     async def stop(self, now=False):
         fleet = self.fleet
-        host, info = await fleet.locate(self.session, prefer=self.host)
+        host, info, unreachable = await fleet.locate_or_unreachable(self.session, prefer=self.host)
+        if host is None and unreachable:
+            # It may run on a host that does not answer: a stop that "succeeds" would let the hub
+            # forget a running server (and, without a checkpoint to resume, revoke its token).
+            down = ", ".join(f"{h} ({e})" for h, e in sorted(unreachable.items()))
+            raise RuntimeError(f"cannot stop {self.user.name}'s server: it may run on a host that does not answer: "
+                               f"{down}")
         if host is None:
             self.log.info("%s: session %s is not running; nothing to checkpoint", self._log_name, self.session)
             self.will_resume = bool(self.checkpoint_id and self.resume_token)
@@ -296,13 +320,13 @@ class ElsaSpawner(Spawner):
         try:
             report = await fleet.client(host).call("checkpoint", name=self.session, timeout=600)
         except AgentError as e:
-            # A server that cannot be checkpointed is still stopped (the hub is told it is gone);
-            # the previous checkpoint, if any, stays the one to restore.
-            self.log.error("%s: checkpoint of %s on %s failed, stopping it instead: %s", self._log_name,
+            # Stopping it anyway would lose everything since the last checkpoint. It runs on, and
+            # the stop fails: JupyterHub keeps the API token (it deletes it only after a stop that
+            # returns), and the next start finds the session running and adopts it.
+            self.log.error("%s: checkpoint of %s on %s failed; it keeps running there: %s", self._log_name,
                            self.session, host, e)
-            await fleet.client(host).call("stop", name=self.session, timeout_seconds=10, timeout=60)
-            self.will_resume = bool(self.checkpoint_id and self.resume_token)
-            return
+            raise RuntimeError(f"could not save {self.user.name}'s server, so it was not stopped (it runs on "
+                               f"{host}, nothing lost): {e}") from e
         manifest = report["checkpoint"]
         self.checkpoint_id, self.checkpoint_host = manifest["id"], host
         self.will_resume = True
