@@ -2,6 +2,10 @@
 what changed, removal that keeps what others still use, and lazy restore (`elsa restore --lazy`:
 the session runs before its memory is in, pages served from the store to `criu lazy-pages`)."""
 
+import glob
+import json
+import os
+import struct
 import threading
 import time
 
@@ -125,3 +129,113 @@ def test_gc_during_a_checkpoint_keeps_its_pages(agent, workdir):
     assert collected["bytes_reclaimed"] == 0, f"gc reclaimed pages while a checkpoint was being written: {collected}"
     assert agent.json("verify", made["id"])["id"] == made["id"]
     agent.cli("stop", "big")
+
+
+# A session whose memory comes in marked, incompressible regions: each page of region R starts
+# with b"ELSA-R" (so its record can be found in the page store) and is random after that. It adds
+# a region when `phase` in its working directory names it; "C" also unmaps B, so the checkpoint
+# after it names A and C but not B.
+MARKED_REGIONS = """
+import mmap, os, sys, time
+regions = {}
+def fill(name):
+    m = mmap.mmap(-1, 16 << 20)
+    for at in range(0, len(m), 4096):
+        m[at:at + 4096] = b"ELSA-" + name.encode() + os.urandom(4090)
+    regions[name] = m
+fill("A")
+print("A ready", flush=True)
+done = {"A"}
+while True:
+    try:
+        want = open("phase").read().strip()
+    except OSError:
+        want = ""
+    if want and want not in done:
+        if want == "C":
+            regions.pop("B").close()
+        fill(want)
+        done.add(want)
+        print(want + " ready", flush=True)
+    time.sleep(0.05)
+"""
+
+RECORD_MAGIC, PADDING_MAGIC, RAW_PAGE = 0x31475045, 0x44415045, 2
+
+
+def records_of(segment):
+    """(offset, flags, first bytes of the data) of every record in a page-store segment, in order
+    (page-server/src/page_store.cc: a 40-byte header, then the stored bytes)."""
+    out = []
+    with open(segment, "rb") as f:
+        data = f.read()
+    at = 0
+    while at + 40 <= len(data):
+        magic, length = struct.unpack_from("<II", data, at)
+        if magic not in (RECORD_MAGIC, PADDING_MAGIC):
+            break
+        if magic == RECORD_MAGIC:
+            flags = struct.unpack_from("<I", data, at + 24)[0]
+            out.append((at, flags, data[at + 40:at + 46]))
+        at += 40 + length
+    return out
+
+
+def wait_for_output(agent, name, line):
+    deadline = time.time() + 60
+    while line not in agent.cli("logs", name).stdout:
+        assert time.time() < deadline, f"session {name} never printed {line!r}"
+        time.sleep(0.05)
+
+
+def test_verify_names_exactly_the_checkpoints_that_lost_a_page(agent, workdir):
+    """One damaged record in the middle of the page store costs only the pages stored there:
+    after the agent reopens the store, `elsa verify` (all checkpoints) names the one checkpoint
+    that needed that page, and the later checkpoint whose pages follow it in the segment restores
+    (the store used to cut the segment off at the damage, losing every page after it)."""
+    agent.run_session("marked", "/usr/bin/python3", "-c", MARKED_REGIONS, workdir=workdir)
+    wait_for_output(agent, "marked", "A ready")
+    made = [agent.json("checkpoint", "marked", "--leave-running")["checkpoint"]["id"]]
+    for phase in ("B", "C"):
+        with open(os.path.join(workdir, "phase"), "w") as f:
+            f.write(phase)
+        wait_for_output(agent, "marked", f"{phase} ready")
+        made.append(agent.json("checkpoint", "marked", "--leave-running")["checkpoint"]["id"])
+    first, with_b, with_c = made
+    agent.cli("stop", "marked")
+    agent.proc.terminate()
+    agent.proc.wait(timeout=20)
+
+    segments = sorted(glob.glob(os.path.join(agent.state_dir, "**", "seg-*.pack"), recursive=True))
+    assert len(segments) == 1, f"the pages fit one segment: {segments}"
+    records = records_of(segments[0])
+    only_b = [r for r in records if r[1] & RAW_PAGE and r[2] == b"ELSA-B"]
+    after = [r for r in records if r[2] == b"ELSA-C"]
+    assert len(only_b) == 4096, f"every page of B is stored raw, once: {len(only_b)}"
+    assert after and after[0][0] > only_b[-1][0], "C's pages follow B's in the segment"
+    damaged_at = only_b[len(only_b) // 2][0] + 40 + 100
+    with open(segments[0], "r+b") as f:
+        f.seek(damaged_at)
+        byte = f.read(1)
+        f.seek(damaged_at)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+    agent.start()
+    result = agent.cli("--json", "verify", check=False)
+    assert result.returncode == 1, f"a damaged checkpoint fails verification: {result}"
+    verdicts = json.loads(result.stdout)
+    assert verdicts["damaged"] == [with_b], verdicts
+    assert {c["id"] for c in verdicts["checkpoints"]} == set(made)
+    assert "damaged" in agent.agent_log(), "the agent says what it found on opening the store"
+    lost = next(c for c in verdicts["checkpoints"] if c["id"] == with_b)["error"]
+    assert lost.startswith("1 of the "), lost
+    plain = agent.cli("verify", check=False)
+    assert plain.returncode == 1 and with_b in plain.stderr and "1 of 3 checkpoints are damaged" in plain.stderr
+
+    single = agent.cli("verify", with_b, check=False)
+    assert single.returncode == 1 and "1 of the" in single.stderr, single
+    assert agent.json("verify", with_c)["id"] == with_c
+    assert agent.json("verify", first)["id"] == first
+    restored = agent.json("restore", with_c)
+    assert restored["session"]["name"] == "marked"
+    agent.cli("stop", "marked")

@@ -39,6 +39,8 @@ TEST(Api, HostileRequestsGetErrorsNotCrashes) {
   EXPECT_EQ(ErrorCode(Handle(agent, R"({"op":"restore","checkpoint":"../../etc"})")), "invalid_argument");
   EXPECT_EQ(ErrorCode(Handle(agent, R"({"op":"rm","checkpoint":"a/b"})")), "invalid_argument");
   EXPECT_EQ(ErrorCode(Handle(agent, R"({"op":"verify","checkpoint":"nope"})")), "not_found");
+  EXPECT_EQ(ErrorCode(Handle(agent, R"({"op":"verify","checkpoint":""})")), "invalid_argument");
+  EXPECT_EQ(ErrorCode(Handle(agent, R"({"op":"verify","checkpoint":7})")), "invalid_argument");
   EXPECT_EQ(ErrorCode(Handle(agent, R"({"op":"checkpoint","name":"nobody"})")), "not_found");
   EXPECT_EQ(ErrorCode(Handle(agent, R"({"op":"run","name":"x","argv":[]})")), "invalid_argument");
   EXPECT_EQ(ErrorCode(Handle(agent, R"({"op":"migrate","name":"x","to":"10.0.0.2","freeze_gate":"yes"})")),
@@ -46,6 +48,16 @@ TEST(Api, HostileRequestsGetErrorsNotCrashes) {
   // A gate needs a connection that can carry the client's answer.
   EXPECT_EQ(ErrorCode(Handle(agent, R"({"op":"migrate","name":"x","to":"10.0.0.2","freeze_gate":true})")),
             "invalid_argument");
+}
+
+TEST(Api, VerifyWithoutACheckpointVerifiesEveryOne) {
+  TempDir dir;
+  Agent agent(ConfigFor(dir / "state"));
+  ASSERT_TRUE(agent.Open().ok());
+  json reply = Handle(agent, R"({"op":"verify"})");
+  ASSERT_TRUE(reply["ok"].get<bool>()) << reply.dump();
+  EXPECT_EQ(reply["result"]["checkpoints"], json::array());
+  EXPECT_EQ(reply["result"]["damaged"], json::array());
 }
 
 TEST(Api, ServesRunPsAndStopOverTheSocket) {

@@ -583,40 +583,6 @@ void Agent::FinishPagingIn(uint64_t serial, std::unique_ptr<LazyPageSupply> supp
   });
 }
 
-Result<std::vector<Manifest>> Agent::Checkpoints() const { return store_.List(); }
-
-Result<CollectReport> Agent::RemoveCheckpoint(const std::string& checkpoint_id) {
-  auto manifest = store_.Load(checkpoint_id);  // a damaged checkpoint can still be removed
-  ELSA_RETURN_IF_ERROR(store_.Remove(checkpoint_id));
-  // Never restored here, CRIU's lock on the dead connections would outlive the checkpoint.
-  if (manifest.ok() && !manifest->network_lock_table.empty())
-    (void)DropCriuNetworkLock(manifest->network_lock_table);
-  return CollectGarbage().WithContext("removed " + checkpoint_id + ", but reclaiming its pages failed");
-}
-
-Result<Manifest> Agent::VerifyCheckpoint(const std::string& checkpoint_id) const {
-  ELSA_ASSIGN_OR_RETURN(Manifest manifest, store_.Load(checkpoint_id));
-  ELSA_RETURN_IF_ERROR(store_.Verify(manifest));
-  if (manifest.pages_in_store) ELSA_RETURN_IF_ERROR(pages_->VerifyPages(store_.PathOf(checkpoint_id), true));
-  return manifest;
-}
-
-Result<CollectReport> Agent::CollectGarbage() {
-  // Listed once collection has its gate: a checkpoint that committed while it waited counts.
-  return pages_->Collect([this]() -> Result<std::vector<std::string>> {
-    ELSA_ASSIGN_OR_RETURN(std::vector<Manifest> all, store_.List());
-    std::vector<std::string> dirs;
-    for (const Manifest& m : all)
-      if (m.pages_in_store) dirs.push_back(store_.PathOf(m.id));
-    return dirs;
-  });
-}
-
-Agent::PageStoreReport Agent::PageStoreStats() const {
-  const auto stats = pages_->Stats();
-  return {stats.unique_pages, stats.stored_bytes};
-}
-
 Result<MigrateReport> Agent::Migrate(const std::string& name, const MigrateOptions& options,
                                      const ProgressFn& progress) {
   return MigrationSource(*host_, name, options, progress).Run();

@@ -103,9 +103,20 @@ json ExecuteRequest(Agent& agent, const ApiRequest& req, const EventFn& emit, co
     auto collected = agent.CollectGarbage();
     return collected.ok() ? Ok(ToJson(*collected)) : ErrorJson(collected.status());
   }
-  if (o == "verify") {
+  if (o == "verify" && !req.checkpoint.empty()) {
     auto m = agent.VerifyCheckpoint(req.checkpoint);
     return m.ok() ? Ok(ToJson(*m, true)) : ErrorJson(m.status());
+  }
+  if (o == "verify") {
+    auto verdicts = agent.VerifyAllCheckpoints(progress);
+    if (!verdicts.ok()) return ErrorJson(verdicts.status());
+    json list = json::array();
+    json damaged = json::array();
+    for (const auto& v : *verdicts) {
+      list.push_back({{"id", v.id}, {"session", v.session}, {"intact", v.status.ok()}, {"error", v.status.message()}});
+      if (!v.status.ok()) damaged.push_back(v.id);
+    }
+    return Ok({{"checkpoints", std::move(list)}, {"damaged", std::move(damaged)}});
   }
   return ErrorJson(Status::Internal("op '" + o + "' passed parsing but has no handler"));
 }
@@ -200,7 +211,13 @@ Result<ApiRequest> ParseApiRequest(std::string_view line) {
       return Status::InvalidArgument("max_downtime_ms must be between 1 and 600000");
     return req;
   }
-  if (o == "restore" || o == "rm" || o == "verify") {
+  if (o == "verify") {  // without a checkpoint: every one
+    ELSA_RETURN_IF_ERROR(r.Optional("checkpoint", &req.checkpoint).status());
+    if (req.checkpoint.empty() && j.contains("checkpoint") && !j["checkpoint"].is_null())
+      return Status::InvalidArgument("verify: 'checkpoint' is empty; leave it out to verify every checkpoint");
+    return req;
+  }
+  if (o == "restore" || o == "rm") {
     ELSA_RETURN_IF_ERROR(r.Required("checkpoint", &req.checkpoint).status());
     ELSA_RETURN_IF_ERROR(r.Optional("name", &req.name).status());
     ELSA_RETURN_IF_ERROR(r.Optional("lazy", &req.lazy).status());

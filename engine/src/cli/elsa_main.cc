@@ -95,6 +95,17 @@ void PrintCheckpoints(const json& list) {
                 HumanBytes(c["size_bytes"].get<double>()).c_str(), c["files"].get<size_t>());
 }
 
+void PrintVerdicts(const json& r) {
+  for (const auto& c : r["checkpoints"]) {
+    if (c["intact"].get<bool>()) std::printf("%-40s intact\n", c["id"].get<std::string>().c_str());
+    else std::printf("%-40s DAMAGED: %s\n", c["id"].get<std::string>().c_str(), c["error"].get<std::string>().c_str());
+  }
+  const size_t damaged = r["damaged"].size();
+  if (damaged == 0) std::printf("all %zu checkpoints are intact\n", r["checkpoints"].size());
+  else std::fprintf(stderr, "elsa: %zu of %zu checkpoints are damaged: %s\n", damaged, r["checkpoints"].size(),
+                    Joined(r["damaged"]).c_str());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -138,8 +149,10 @@ int main(int argc, char** argv) {
   auto* list = app.add_subcommand("checkpoints", "list checkpoints");
   auto* rm = app.add_subcommand("rm", "delete a checkpoint and reclaim the pages no other checkpoint uses");
   rm->add_option("checkpoint", checkpoint_id, "checkpoint id")->required();
-  auto* verify = app.add_subcommand("verify", "check a checkpoint's files against its manifest");
-  verify->add_option("checkpoint", checkpoint_id, "checkpoint id")->required();
+  auto* verify = app.add_subcommand(
+      "verify", "check a checkpoint's files against its manifest and read back every page it names; "
+                "without an id, every checkpoint (exit 1 when any is damaged)");
+  verify->add_option("checkpoint", checkpoint_id, "checkpoint id (default: all)");
   auto* gc = app.add_subcommand("gc", "reclaim page-store space no checkpoint uses");
   auto* agent = app.add_subcommand("agent", "show the agent's status (socket, state directory, CRIU, page store)");
   std::string to, mode = "hybrid";
@@ -234,6 +247,11 @@ int main(int argc, char** argv) {
                                           HumanBytes(r["bytes_reclaimed"].get<double>()).c_str(),
                                           r["pages_after"].get<unsigned long long>(),
                                           r["checkpoints_scanned"].get<unsigned long long>(), r["seconds"].get<double>());
+  } else if (*verify && checkpoint_id.empty()) {
+    json r = cli.Call({{"op", "verify"}});
+    if (cli.json_output()) cli.PrintJson(r);
+    else PrintVerdicts(r);
+    return r["damaged"].empty() ? 0 : 1;
   } else if (*verify) {
     json m = cli.Call({{"op", "verify"}, {"checkpoint", checkpoint_id}});
     cli.json_output() ? cli.PrintJson(m)

@@ -67,16 +67,23 @@ Result<size_t> CheckpointPages::Put(const uint8_t* pages, size_t count, PageHash
 Status CheckpointPages::VerifyPages(const std::string& checkpoint_dir, bool read_every_page) const {
   ELSA_ASSIGN_OR_RETURN(auto images, page_server::LoadPagedImages(checkpoint_dir));
   std::vector<uint8_t> page(page_server::kPageSize);
+  // Every page is looked at, not only up to the first loss: how much is lost tells the user
+  // whether the checkpoint is worth anything.
+  uint64_t named = 0, lost = 0;
+  Status first_loss;
   for (const auto& image : images)
     for (const PageHash& hash : image.refs) {
-      if (read_every_page) {
-        ELSA_RETURN_IF_ERROR(store_->Get(hash, page.data()).WithContext(image.pagemap_file));
-      } else if (!store_->Contains(hash)) {
-        return Status::Corruption(image.pagemap_file + " names page " + hash.ToHex() +
-                                  ", which is not in the page store (" + store_->dir() + ")");
-      }
+      ++named;
+      Status page_status = read_every_page ? store_->Get(hash, page.data()).WithContext(image.pagemap_file)
+                           : store_->Contains(hash)
+                               ? Status::Ok()
+                               : Status::Corruption(image.pagemap_file + ": page " + hash.ToHex() + " is not in the page store");
+      if (!page_status.ok() && lost++ == 0) first_loss = std::move(page_status);
     }
-  return Status::Ok();
+  if (lost == 0) return Status::Ok();
+  return Status::Corruption(std::to_string(lost) + " of the " + std::to_string(named) +
+                            " pages it names are lost or damaged in the page store (" + store_->dir() +
+                            "); the first: " + first_loss.message());
 }
 
 Result<page_server::MaterializeStats> CheckpointPages::Materialize(const std::string& checkpoint_dir,

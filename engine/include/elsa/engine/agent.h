@@ -114,6 +114,16 @@ class Agent {
   // Removes the checkpoint, then reclaims the pages no other checkpoint names.
   Result<CollectReport> RemoveCheckpoint(const std::string& checkpoint_id);
   Result<Manifest> VerifyCheckpoint(const std::string& checkpoint_id) const;
+  // What verifying one of all the checkpoints found: OK, or what it lost and where.
+  struct CheckpointVerdict {
+    std::string id;
+    std::string session;
+    Status status;
+  };
+  // Verifies every checkpoint, files and every page read back, one after another (after the
+  // page store lost records, this names exactly the checkpoints that lost a page). A checkpoint
+  // removed meanwhile is left out.
+  Result<std::vector<CheckpointVerdict>> VerifyAllCheckpoints(const ProgressFn& progress) const;
   // Reclaims page-store space no checkpoint names (what `rm` does after removing).
   Result<CollectReport> CollectGarbage();
   struct PageStoreReport {

@@ -6,7 +6,8 @@
 // "rate_bytes_per_s", "eta_seconds", "seconds"}
 // and then exactly one final line: {"ok":true,"result":{...}} or
 // {"ok":false,"error":{"code":"not_found","message":"..."}}; then it closes the connection.
-// Ops: version, run, ps, session, stop, checkpoint, restore, checkpoints, rm, verify, gc, migrate.
+// Ops: version, run, ps, session, stop, checkpoint, restore, checkpoints, rm, verify (one, or all
+// without a checkpoint), gc, migrate.
 //
 // The freeze gate: a migrate request with "freeze_gate": true gets {"event":"freeze-gate"} once
 // pre-copy is done and the agent is about to freeze the session; the client answers on the same
@@ -52,7 +53,7 @@ using ReadLineFn = std::function<Result<std::string>(int timeout_ms)>;
 struct ApiRequest {
   std::string op;
   std::string name;        // session name (run, session, stop, checkpoint; restore's new name)
-  std::string checkpoint;  // checkpoint id (restore, rm, verify)
+  std::string checkpoint;  // checkpoint id (restore, rm, verify; verify without one: all)
   std::vector<std::string> argv, env;
   std::string workdir = "/";
   bool leave_running = false;
