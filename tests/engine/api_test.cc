@@ -13,6 +13,7 @@ namespace {
 AgentConfig ConfigFor(const std::string& state_dir) {
   AgentConfig config;
   config.state_dir = state_dir;
+  config.monitor_binary = ELSA_MONITOR_BINARY;
   return config;
 }
 

@@ -125,7 +125,7 @@ TEST_F(CriuDriverReal, DumpsAndRestoresAProcessTree) {
   EXPECT_GE(stats->frozen_seconds, stats->freezing_seconds);
   EXPECT_GT(stats->pages_scanned, 0u);
 
-  auto restored = criu.Restore({images->get(), images->get(), {{pipe->criu_key, pipe->write_end.get()}}});
+  auto restored = criu.Restore({images->get(), images->get(), {{pipe->criu_key, pipe->write_end.get()}}, false, {}});
   ASSERT_TRUE(restored.ok()) << restored.status().message();
   ASSERT_GT(restored->restored_pid, 0);
   EXPECT_EQ(::kill(restored->restored_pid, 0), 0);

@@ -63,7 +63,7 @@ TEST(CriuOptions, DumpWithoutLeaveRunningEndsTheTree) {
 }
 
 TEST(CriuOptions, RestoreIsASiblingAndInheritsTheOutputPipe) {
-  CriuRestoreRequest r{5, 6, {{"pipe:[99]", 11}, {"pipe:[100]", 11}}};
+  CriuRestoreRequest r{5, 6, {{"pipe:[99]", 11}, {"pipe:[100]", 11}}, false, {}};
   criu_req req = BuildRestoreRequest(r);
   EXPECT_EQ(req.type(), RESTORE);
   const criu_opts& o = req.opts();
@@ -78,7 +78,7 @@ TEST(CriuOptions, RestoreIsASiblingAndInheritsTheOutputPipe) {
 }
 
 TEST(CriuOptions, ALazyRestoreLeavesLazyPagesToTheDaemon) {
-  CriuRestoreRequest r{5, 6, {}, /*lazy_pages=*/true};
+  CriuRestoreRequest r{5, 6, {}, /*lazy_pages=*/true, {}};
   EXPECT_TRUE(BuildRestoreRequest(r).opts().lazy_pages());
 }
 

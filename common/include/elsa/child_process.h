@@ -7,6 +7,7 @@
 #include <chrono>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "elsa/status.h"
@@ -36,6 +37,9 @@ class ChildProcess {
   // Waits up to `timeout`; Timeout (and it keeps running) if it has not ended by then.
   Result<int> WaitFor(std::chrono::milliseconds timeout);
   void Signal(int signal) const;
+  // Lets it run on, ours no more: for a process meant to outlive its owner (a session's
+  // monitor). Whoever is its parent then reaps it.
+  pid_t Release() { return std::exchange(pid_, -1); }
 
  private:
   explicit ChildProcess(pid_t pid) : pid_(pid) {}

@@ -17,6 +17,8 @@
 #include "migrate/frozen_copy.h"
 #include "migrate/host.h"
 #include "migrate/source.h"
+#include "agent/session_record.h"
+#include "session/session_monitor.h"
 #include "store/checkpoint_pages.h"
 
 namespace elsa {
@@ -79,13 +81,7 @@ class Agent::Host final : public MigrationHost {
                                   outcome);
   }
   Status Stop(const std::string& name, int timeout_s) override { return agent_.Stop(name, timeout_s); }
-  void MarkIncoming(const std::string& name, bool under_way) override {
-    std::lock_guard lock(agent_.mu_);
-    if (under_way)
-      agent_.incoming_.insert(name);
-    else if (auto at = agent_.incoming_.find(name); at != agent_.incoming_.end())
-      agent_.incoming_.erase(at);
-  }
+  void MarkIncoming(const std::string& name, bool under_way) override;
   peer::Outcome IncomingOutcome(const std::string& name) override;
   void ResolveLater(std::function<void(const std::atomic<bool>& stop)> work) override {
     agent_.resolving_threads_.Start([&stop = agent_.stopping_, work = std::move(work)] { work(stop); });
@@ -101,8 +97,21 @@ struct Agent::Session {
   Clock::time_point started = Clock::now();
   bool busy = false;    // a checkpoint or stop is in progress
   bool reaped = false;  // the root process has been waited for
-  std::unique_ptr<SessionSupervisor> supervisor;
+  ProcessIdentity root, monitor;
+  UniqueFd lease;       // while the session depends on this agent (session_monitor.h)
+  std::unique_ptr<MonitorWatch> watch;
 };
+
+void Agent::Host::MarkIncoming(const std::string& name, bool under_way) {
+  std::lock_guard lock(agent_.mu_);
+  if (under_way)
+    agent_.incoming_.insert(name);
+  else if (auto at = agent_.incoming_.find(name); at != agent_.incoming_.end())
+    agent_.incoming_.erase(at);
+  // The migration is over: a session it left running here stands on its own from now on.
+  if (Session* s = agent_.FindLocked(name); !under_way && s && s->info.state == SessionState::kRunning)
+    agent_.SettleIfIndependentLocked(*s);
+}
 
 peer::Outcome Agent::Host::IncomingOutcome(const std::string& name) {
   std::lock_guard lock(agent_.mu_);
@@ -154,6 +163,8 @@ Status Agent::Open() {
   ELSA_RETURN_IF_ERROR(MakeDirs(config_.state_dir + "/run", 0700));
   ELSA_RETURN_IF_ERROR(store_.Open());
   ELSA_ASSIGN_OR_RETURN(pages_, CheckpointPages::Open(config_.state_dir + "/pages", config_.log));
+  // Sessions outlive their agent (each has its monitor): take over those the last one left.
+  AdoptSurvivors();
   // Sessions a migration left frozen when the previous agent died: settled with their destination.
   SettleFrozenCopies(config_, [this](std::function<void(const std::atomic<bool>&)> work) {
     host_->ResolveLater(std::move(work));
@@ -183,22 +194,25 @@ SessionInfo Agent::Describe(const Session& s) const {
   return info;
 }
 
-Result<SessionInfo> Agent::AdoptLocked(SessionInfo info, UniqueFd output_read_end,
-                                       std::unique_ptr<Session>* replaced) {
+Result<SessionInfo> Agent::AdoptLocked(SessionInfo info, StartedMonitor started, std::unique_ptr<Session>* replaced) {
   auto session = std::make_unique<Session>();
   session->serial = next_serial_++;
   const uint64_t serial = session->serial;
   info.state = SessionState::kRunning;
   info.log_path = LogPathFor(info.name);
+  info.pid = started.session.pid;
   session->info = info;
-  auto supervisor = SessionSupervisor::Start(
-      info.pid, std::move(output_read_end), info.log_path,
-      [this, serial](int exit_code, int signal) { OnExit(serial, exit_code, signal); });
-  if (!supervisor.ok()) {
-    ::kill(info.pid, SIGKILL);  // unsupervised, it would be a stray tree
-    return supervisor.status();
+  session->root = started.session;
+  session->monitor = started.monitor;
+  session->lease = std::move(started.lease);
+  auto watch = MonitorWatch::Start(started.monitor, started.session, SessionExitPath(config_.state_dir, info.name),
+                                   [this, serial](const SessionExit& exit) { OnExit(serial, exit); });
+  if (Status recorded = RecordLocked(*session); !recorded.ok() || !watch.ok()) {
+    ::kill(info.pid, SIGKILL);  // unwatched, or unknown to the next agent: a stray tree
+    return recorded.ok() ? watch.status() : recorded;
   }
-  session->supervisor = std::move(*supervisor);
+  session->watch = std::move(*watch);
+  SettleIfIndependentLocked(*session);
   auto it = sessions_.find(info.name);
   if (it != sessions_.end()) {
     *replaced = std::move(it->second);
@@ -207,6 +221,54 @@ Result<SessionInfo> Agent::AdoptLocked(SessionInfo info, UniqueFd output_read_en
     sessions_.emplace(info.name, std::move(session));
   }
   return info;
+}
+
+void Agent::SettleIfIndependentLocked(Session& session) {
+  if (session.lease && !session.info.paging_in && !incoming_.count(session.info.name)) SettleLease(session.lease);
+}
+
+Status Agent::RecordLocked(const Session& session) const {
+  return WriteSessionRecord(config_.state_dir, {session.info, session.root, session.monitor})
+      .WithContext("recording session '" + session.info.name + "' for the next agent");
+}
+
+void Agent::ForgetLocked(const std::string& name) { RemoveSessionRecord(config_.state_dir, name); }
+
+Result<std::string> Agent::MonitorBinary() const {
+  if (!config_.monitor_binary.empty()) return config_.monitor_binary;
+  char self[4096];
+  ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) return Status::FromErrno("readlink /proc/self/exe", errno);
+  std::string path(self, static_cast<size_t>(n));
+  path = path.substr(0, path.rfind('/') + 1) + "elsa-monitor";
+  if (::access(path.c_str(), X_OK) != 0)
+    return Status::FailedPrecondition("elsa-monitor is not next to this program (" + path +
+                                      "): install it beside elsad (it runs each session)");
+  return path;
+}
+
+void Agent::AdoptSurvivors() {
+  for (SessionRecord& record : ReadSessionRecords(config_.state_dir, config_.log)) {
+    const std::string name = record.info.name;
+    Logger log = config_.log.With("session", name).With("op", "adopt");
+    const bool root_alive = record.root.Alive();
+    auto exit = ReadSessionExit(SessionExitPath(config_.state_dir, name));
+    if (!root_alive && !(exit.ok() && exit->has_value())) {
+      log.Warning("was left by the previous agent, and is gone without an exit status; forgotten");
+      ForgetLocked(name);
+      continue;
+    }
+    std::unique_ptr<Session> replaced;
+    std::lock_guard lock(mu_);
+    auto adopted = AdoptLocked(record.info, StartedMonitor{record.monitor, record.root, UniqueFd()}, &replaced);
+    if (!adopted.ok()) {
+      log.Error("cannot adopt it: " + adopted.status().message());
+      continue;
+    }
+    if (root_alive)
+      log.Info("adopted (pid " + std::to_string(record.root.pid) + ", left running by the previous agent" +
+               (record.monitor.Alive() ? ")" : "; its monitor is gone, so its output is no longer captured)"));
+  }
 }
 
 Result<SessionInfo> Agent::Run(const RunRequest& request) {
@@ -218,17 +280,18 @@ Result<SessionInfo> Agent::Run(const RunRequest& request) {
     std::lock_guard lock(mu_);
     if (Session* s = FindLocked(request.name); (s && s->info.state == SessionState::kRunning) || reserved_names_.count(request.name))
       return Status::AlreadyExists("a session named '" + request.name + "' is already running");
-    ELSA_ASSIGN_OR_RETURN(OutputPipe pipe, OutputPipe::Create());
+    ELSA_ASSIGN_OR_RETURN(std::string monitor_binary, MonitorBinary());
     SpawnSpec spec{request.argv, request.env, request.workdir.empty() ? "/" : request.workdir};
-    ELSA_ASSIGN_OR_RETURN(pid_t pid, SpawnInPidNamespace(spec, pipe));
-    pipe.write_end.Reset();  // the session holds the only write ends now
+    ForgetLocked(request.name);  // an earlier session's exit status is not this one's
+    ELSA_ASSIGN_OR_RETURN(StartedMonitor started,
+                          StartMonitoredSession(monitor_binary, spec,
+                                                {LogPathFor(request.name), SessionExitPath(config_.state_dir, request.name)}));
     SessionInfo info;
     info.name = request.name;
-    info.pid = pid;
     info.command = request.argv;
     info.workdir = spec.workdir;
     info.started_at = NowIso8601();
-    result = AdoptLocked(std::move(info), std::move(pipe.read_end), &replaced);
+    result = AdoptLocked(std::move(info), std::move(started), &replaced);
   }
   return result;
 }
@@ -248,18 +311,20 @@ Result<SessionInfo> Agent::GetSession(const std::string& name) {
   return Describe(*s);
 }
 
-void Agent::OnExit(uint64_t serial, int exit_code, int signal) {
+void Agent::OnExit(uint64_t serial, const SessionExit& exit) {
   std::lock_guard lock(mu_);
   for (auto& [name, s] : sessions_) {
     if (s->serial != serial) continue;
     s->reaped = true;
-    s->info.exit_code = exit_code;
-    s->info.exit_signal = signal;
+    s->info.exit_code = exit.exit_code;
+    s->info.exit_signal = exit.signal;
+    s->info.exit_note = exit.note;
     if (s->info.state == SessionState::kRunning) {
       s->info.state = SessionState::kExited;
       config_.log.With("session", name)
-          .Info("exited (pid " + std::to_string(s->info.pid) + ", " + (signal ? "signal " : "code ") +
-                std::to_string(signal ? signal : exit_code) + ")");
+          .Info("exited (pid " + std::to_string(s->info.pid) + ", " + (exit.signal ? "signal " : "code ") +
+                std::to_string(exit.signal ? exit.signal : exit.exit_code) + ")" +
+                (exit.note.empty() ? "" : ": " + exit.note));
     }
   }
   exited_cv_.notify_all();
@@ -296,6 +361,7 @@ Status Agent::Stop(const std::string& name, int timeout_s) {
     if (it != sessions_.end() && it->second->serial == serial) {
       forgotten = std::move(it->second);
       sessions_.erase(it);
+      ForgetLocked(name);
     }
   }
   return Status::Ok();
@@ -343,6 +409,7 @@ void Agent::ForgetAfterExit(uint64_t serial, int timeout_s) {
   for (auto it = sessions_.begin(); it != sessions_.end(); ++it)
     if (it->second->serial == serial) {
       forgotten = std::move(it->second);
+      ForgetLocked(it->first);
       sessions_.erase(it);
       break;
     }
@@ -445,7 +512,10 @@ Result<CheckpointReport> Agent::Checkpoint(const std::string& name, bool leave_r
     {
       std::lock_guard lock(mu_);
       for (auto& [n, s] : sessions_)
-        if (s->serial == serial) s->info.last_checkpoint = out.manifest.id;
+        if (s->serial == serial) {
+          s->info.last_checkpoint = out.manifest.id;
+          if (Status recorded = RecordLocked(*s); !recorded.ok()) config_.log.With("session", n).Warning(recorded.message());
+        }
     }
     return out;
   }();
@@ -545,17 +615,28 @@ Result<SessionInfo> Agent::RestoreAndAdopt(SessionInfo info, const std::vector<s
   };
   std::unique_ptr<Session> replaced;  // an exited session of the same name, destroyed unlocked
   auto restored = [&]() -> Result<SessionInfo> {
+    ELSA_ASSIGN_OR_RETURN(std::string monitor_binary, MonitorBinary());
     ELSA_ASSIGN_OR_RETURN(UniqueFd images_fd, OpenDirectory(images_dir));
     ELSA_ASSIGN_OR_RETURN(UniqueFd work_fd, OpenDirectory(staging));
     ELSA_ASSIGN_OR_RETURN(OutputPipe pipe, OutputPipe::Create());
-    CriuRestoreRequest request{images_fd.get(), work_fd.get(), {}, supply != nullptr};
+    {
+      std::lock_guard lock(mu_);
+      ForgetLocked(info.name);  // an earlier session's exit status is not this one's
+    }
+    // The monitor runs CRIU, so the tree CRIU restores (as its sibling) is the monitor's child.
+    RestoreMonitor monitor(monitor_binary, {LogPathFor(info.name), SessionExitPath(config_.state_dir, info.name)},
+                           std::move(pipe.read_end));
+    CriuRestoreRequest request{images_fd.get(), work_fd.get(), {}, supply != nullptr, {}};
     for (const auto& key : output_pipes) request.inherit_fds.emplace_back(key, pipe.write_end.get());
+    request.launcher = [&monitor](const std::vector<std::string>& argv, const std::vector<int>& pass_fds) {
+      return monitor.Launch(argv, pass_fds);
+    };
     ELSA_ASSIGN_OR_RETURN(*outcome, criu.Restore(request, [&](const std::string& event) { Report(progress, "criu", event); }));
     pipe.write_end.Reset();
-    info.pid = outcome->restored_pid;
+    ELSA_ASSIGN_OR_RETURN(StartedMonitor started, monitor.Adopt(outcome->restored_pid));
     info.paging_in = supply != nullptr;
     std::lock_guard lock(mu_);
-    ELSA_ASSIGN_OR_RETURN(SessionInfo adopted, AdoptLocked(std::move(info), std::move(pipe.read_end), &replaced));
+    ELSA_ASSIGN_OR_RETURN(SessionInfo adopted, AdoptLocked(std::move(info), std::move(started), &replaced));
     if (supply) FinishPagingIn(sessions_.at(adopted.name)->serial, std::move(supply), staging);
     return adopted;
   }();
@@ -572,6 +653,7 @@ void Agent::FinishPagingIn(uint64_t serial, std::unique_ptr<LazyPageSupply> supp
     for (auto& [n, s] : sessions_) {
       if (s->serial != serial) continue;
       s->info.paging_in = false;
+      if (served.ok()) SettleIfIndependentLocked(*s);
       s->info.lazy_seconds = SecondsSince(start);
       if (served.ok()) {
         s->info.lazy_pages_served = served->pages_served;

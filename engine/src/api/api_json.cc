@@ -28,6 +28,7 @@ json ToJson(const SessionInfo& s) {
   if (s.state == SessionState::kExited) {
     j["exit_code"] = s.exit_code;
     j["exit_signal"] = s.exit_signal;
+    if (!s.exit_note.empty()) j["exit_note"] = s.exit_note;
   }
   return j;
 }

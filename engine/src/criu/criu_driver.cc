@@ -35,15 +35,20 @@ bool IsExecutableFile(const std::string& path) {
 // destroyed, so a failed call never leaves CRIU behind.
 class SwrkProcess {
  public:
-  static Result<SwrkProcess> Start(const std::string& binary, std::vector<int> pass_fds) {
+  static Result<SwrkProcess> Start(const std::string& binary, std::vector<int> pass_fds,
+                                   const SwrkLauncher& launcher = {}) {
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
       return Status::FromErrno("socketpair for criu swrk", errno);
     UniqueFd ours(sv[0]), theirs(sv[1]);
     pass_fds.push_back(theirs.get());
-    ELSA_ASSIGN_OR_RETURN(ChildProcess child,
-                          ChildProcess::Spawn({binary, "swrk", std::to_string(theirs.get())}, pass_fds));
-    return SwrkProcess(std::move(child), std::move(ours));
+    const std::vector<std::string> argv = {binary, "swrk", std::to_string(theirs.get())};
+    if (launcher) {
+      ELSA_ASSIGN_OR_RETURN(std::function<int()> wait, launcher(argv, pass_fds));
+      return SwrkProcess(ChildProcess(), std::move(wait), std::move(ours));
+    }
+    ELSA_ASSIGN_OR_RETURN(ChildProcess child, ChildProcess::Spawn(argv, pass_fds));
+    return SwrkProcess(std::move(child), {}, std::move(ours));
   }
 
   Status Send(const criu_req& req) {
@@ -72,12 +77,14 @@ class SwrkProcess {
     return resp;
   }
 
-  // Reaps CRIU; returns its wait status.
-  int Wait() { return child_.Wait(); }
+  // Reaps CRIU (or asks whoever launched it); returns its wait status.
+  int Wait() { return launched_wait_ ? launched_wait_() : child_.Wait(); }
 
  private:
-  SwrkProcess(ChildProcess child, UniqueFd sock) : child_(std::move(child)), sock_(std::move(sock)) {}
+  SwrkProcess(ChildProcess child, std::function<int()> launched_wait, UniqueFd sock)
+      : child_(std::move(child)), launched_wait_(std::move(launched_wait)), sock_(std::move(sock)) {}
   ChildProcess child_;
+  std::function<int()> launched_wait_;
   UniqueFd sock_;
 };
 
@@ -88,7 +95,8 @@ std::string LogPath(int work_dir_fd, const char* name) {
 // Sends `req` and runs the conversation to its final response, answering notifications.
 Result<CriuOutcome> Converse(const std::string& binary, const criu_req& req,
                              const std::vector<int>& pass_fds, int work_dir_fd,
-                             const char* log_name, const char* what, const CriuNotifyFn& notify) {
+                             const char* log_name, const char* what, const CriuNotifyFn& notify,
+                             const SwrkLauncher& launcher = {}) {
   using Clock = std::chrono::steady_clock;
   const auto start = Clock::now();
   auto elapsed = [&] { return std::chrono::duration<double>(Clock::now() - start).count(); };
@@ -105,7 +113,7 @@ Result<CriuOutcome> Converse(const std::string& binary, const criu_req& req,
     return Status(status.code() == StatusCode::kOk ? StatusCode::kExternalFailure : status.code(), msg);
   };
 
-  ELSA_ASSIGN_OR_RETURN(SwrkProcess criu, SwrkProcess::Start(binary, pass_fds));
+  ELSA_ASSIGN_OR_RETURN(SwrkProcess criu, SwrkProcess::Start(binary, pass_fds, launcher));
   if (Status s = criu.Send(req); !s.ok()) return fail(s);
 
   CriuOutcome outcome;
@@ -202,7 +210,7 @@ Result<CriuOutcome> CriuDriver::Restore(const CriuRestoreRequest& request,
   std::vector<int> fds = {request.images_dir_fd, request.work_dir_fd};
   for (const auto& [key, fd] : request.inherit_fds) fds.push_back(fd);
   return Converse(binary_, BuildRestoreRequest(request), fds, request.work_dir_fd, kRestoreLog,
-                  "restore", notify);
+                  "restore", notify, request.launcher);
 }
 
 std::string CriuNetworkLockTableOf(const std::string& work_dir) {

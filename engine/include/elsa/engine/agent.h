@@ -30,7 +30,8 @@
 
 namespace elsa {
 
-class SessionSupervisor;
+struct StartedMonitor;
+struct SessionExit;
 class CheckpointPages;
 class LazyPageSupply;
 
@@ -44,6 +45,9 @@ struct AgentConfig {
   int peer_timeout_ms = 30000;  // a peer (or link) silent this long fails the migration
   Logger log;                   // where the agent's own lines go (elsad: its log)
   std::string test_fault;       // elsad --test-fault: a failure on purpose, for the test suite
+  // elsa-monitor, the per-session process that holds a session's output and exit status so the
+  // session outlives the agent; empty: the elsa-monitor next to this program.
+  std::string monitor_binary;
 
   transport::ChannelOptions PeerChannelOptions() const {
     transport::ChannelOptions options;
@@ -148,10 +152,17 @@ class Agent {
   // Registers a running tree (started or restored) under `info.name` and supervises it.
   // Called with mu_ held; an exited session of the same name is replaced, and handed back in
   // `replaced` so it can be destroyed after the lock is released.
-  Result<SessionInfo> AdoptLocked(SessionInfo info, UniqueFd output_read_end,
-                                  std::unique_ptr<Session>* replaced);
+  Result<SessionInfo> AdoptLocked(SessionInfo info, StartedMonitor started, std::unique_ptr<Session>* replaced);
+  // The sessions a previous agent on this state directory left running (or that ended since).
+  void AdoptSurvivors();
+  // The session no longer needs this agent to live (its pages are in, its migration settled):
+  // its monitor will not end it when the agent dies.
+  void SettleIfIndependentLocked(Session& session);
+  Status RecordLocked(const Session& session) const;
+  void ForgetLocked(const std::string& name);
+  Result<std::string> MonitorBinary() const;
   SessionInfo Describe(const Session& session) const;
-  void OnExit(uint64_t serial, int exit_code, int signal);
+  void OnExit(uint64_t serial, const SessionExit& exit);
   // Waits until the session with `serial` has been reaped, up to `timeout_s`.
   bool WaitForExit(std::unique_lock<std::mutex>& lock, uint64_t serial, int timeout_s);
   Session* FindLocked(const std::string& name);

@@ -45,6 +45,9 @@ struct CriuDumpRequest {
 // The configuration file line that hands a lazy dump its page-server socket.
 std::string LazyDumpConfig(int lazy_pages_fd);
 
+using SwrkLauncher =
+    std::function<Result<std::function<int()>>(const std::vector<std::string>& argv, const std::vector<int>& pass_fds)>;
+
 struct CriuRestoreRequest {
   int images_dir_fd = -1;
   int work_dir_fd = -1;
@@ -52,6 +55,10 @@ struct CriuRestoreRequest {
   std::vector<std::pair<std::string, int>> inherit_fds;
   // Leaves PE_LAZY pages to the `criu lazy-pages` daemon listening in the work directory.
   bool lazy_pages = false;
+  // Who runs `criu swrk` (argv, with pass_fds open in it), returning how to wait for its wait
+  // status. CRIU restores the tree as its own sibling, so whoever runs it becomes the tree's
+  // parent: a session's monitor (session/session_monitor.h). Unset: CRIU is our child.
+  SwrkLauncher launcher;
 };
 
 struct CriuOutcome {

@@ -32,6 +32,7 @@ struct SessionInfo {
   std::string last_checkpoint;  // newest checkpoint id taken of it
   int exit_code = 0;            // when exited
   int exit_signal = 0;
+  std::string exit_note;        // why it ended, when not by itself (e.g. its monitor ended it)
   // After a lazy restore: pages still arriving in the background, then how that went.
   bool paging_in = false;
   uint64_t lazy_pages_served = 0;
