@@ -128,6 +128,11 @@ net::awaitable<Result<AnyStream>> ConnectBackend(const Shared& shared, const Tar
                                          !shared.options.insecure, timeout);
 }
 
+Status BackendExchangeError(std::string_view what, const error_code& ec) {
+  if (ec == beast::error::timeout) return Status::Timeout(std::string(what) + ": timed out");
+  return Status::PeerClosed(std::string(what) + ": " + ec.message());
+}
+
 std::string ForwardTarget(const Shared& shared, const TargetUrl& target, std::string_view raw_target,
                           std::string_view prefix) {
   std::string url(raw_target);
@@ -192,7 +197,7 @@ net::awaitable<Result<ForwardOutcome>> ForwardHttp(Shared& shared, BackendPool& 
     }
     error_code ec = co_await Relay<true>(client, client_buf, parser, backend, idle);
     if (ec && reused && !has_body) continue;
-    if (ec) co_return Status::Unavailable("sending the request to " + key + ": " + ec.message());
+    if (ec) co_return BackendExchangeError("sending the request to " + key, ec);
 
     http::response_parser<http::buffer_body> rp;
     rp.body_limit(boost::none);
@@ -206,10 +211,7 @@ net::awaitable<Result<ForwardOutcome>> ForwardHttp(Shared& shared, BackendPool& 
     }
     auto [rec, n] = co_await http::async_read_header(backend, backend_buf, rp, kTuple);
     if (rec && reused && !has_body && backend_buf.size() == 0 && rec != beast::error::timeout) continue;
-    if (rec) {
-      co_return Status::Unavailable("reading the answer of " + key + ": " +
-                                    (rec == beast::error::timeout ? "timed out (--proxy-timeout)" : rec.message()));
-    }
+    if (rec) co_return BackendExchangeError("reading the answer of " + key, rec);
     auto& res = rp.get();
     out.status = res.result_int();
     const bool backend_keep_alive = res.keep_alive() && !rp.need_eof();
@@ -221,6 +223,7 @@ net::awaitable<Result<ForwardOutcome>> ForwardHttp(Shared& shared, BackendPool& 
     ec = co_await Relay<false>(backend, backend_buf, rp, client, idle);
     if (ec) {
       out.keep_alive = false;
+      shared.metrics.Failed(ProxyError::kResponseInterrupted);
       shared.log.Debug("relaying the answer of ", key, " failed: ", ec.message());
       co_return out;
     }

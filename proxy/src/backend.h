@@ -48,8 +48,13 @@ class BackendPool {
   std::unordered_map<std::string, std::deque<Idle>> idle_;
 };
 
+// Unavailable when the backend cannot be reached (resolving, connecting, TLS handshake).
 net::awaitable<Result<AnyStream>> ConnectBackend(const Shared& shared, const TargetUrl& target,
                                                  std::chrono::milliseconds timeout);
+
+// A reached backend failing an exchange: Timeout if it ran out of time, PeerClosed otherwise.
+// Kept apart from Unavailable so errors can be told apart (elsa_proxy_errors_total's reason).
+Status BackendExchangeError(std::string_view what, const error_code& ec);
 
 // The request line and headers the backend gets: path joined with the target's, hop-by-hop
 // headers dropped, X-Forwarded-* added, custom headers set. Used for websockets too.
@@ -61,7 +66,8 @@ std::string ForwardTarget(const Shared& shared, const TargetUrl& target, std::st
 
 // Relays a request whose header `parser` has read from `client` (body still to come) to the
 // target and the answer back. Ok(true): the client connection may serve another request.
-// An error before anything reached the client is returned for the caller's 503 page.
+// An error before anything reached the client is returned for the caller's 503 page: from
+// ConnectBackend, or BackendExchangeError.
 struct ForwardOutcome {
   bool keep_alive = false;
   bool responded = false;  // something was written to the client

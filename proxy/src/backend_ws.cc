@@ -68,19 +68,19 @@ net::awaitable<Result<std::variant<BackendWs, BackendRefused>>> ConnectBackendWs
   http::request<http::empty_body> message(std::move(request));
   stream->expires_after(timeout);
   auto [wec, w] = co_await http::async_write(*stream, message, kTuple);
-  if (wec) co_return Status::Unavailable("websocket handshake with " + target.Key() + ": " + wec.message());
+  if (wec) co_return BackendExchangeError("websocket handshake with " + target.Key(), wec);
 
   beast::flat_buffer buf;
   http::response_parser<http::empty_body> header_parser;
   header_parser.header_limit(64 * 1024);
   auto [rec, r] = co_await http::async_read_header(*stream, buf, header_parser, kTuple);
-  if (rec) co_return Status::Unavailable("websocket handshake with " + target.Key() + ": " + rec.message());
+  if (rec) co_return BackendExchangeError("websocket handshake with " + target.Key(), rec);
   if (header_parser.get().result() != http::status::switching_protocols) {
     http::response_parser<http::string_body> p(std::move(header_parser));
     p.body_limit(1024 * 1024);
     auto [bec, b] = co_await http::async_read(*stream, buf, p, kTuple);
     if (bec && bec != http::error::end_of_stream) {
-      co_return Status::Unavailable("reading the refusal of " + target.Key() + ": " + bec.message());
+      co_return BackendExchangeError("reading the refusal of " + target.Key(), bec);
     }
     BackendRefused refused{p.release()};
     co_return std::variant<BackendWs, BackendRefused>(std::move(refused));

@@ -19,6 +19,7 @@ struct Page {
   std::string content_type;
   std::string content_encoding;
   std::string body;
+  http::fields extra;
 };
 
 net::awaitable<Result<Page>> FetchErrorTarget(Shared& shared, int code, std::string_view raw_url) {
@@ -63,7 +64,8 @@ Result<Page> ReadErrorPath(const std::string& dir, int code) {
 
 net::awaitable<bool> WritePage(AnyStream& client, int code, Page page, bool keep_alive,
                                unsigned version) {
-  http::response<http::string_body> res{static_cast<http::status>(code), version == 10 ? 10u : 11u};
+  http::response<http::string_body> res{static_cast<http::status>(code), version == 10 ? 10u : 11u,
+                                        std::string(), std::move(page.extra)};
   if (!page.content_type.empty()) res.set(http::field::content_type, page.content_type);
   if (!page.content_encoding.empty()) res.set(http::field::content_encoding, page.content_encoding);
   res.body() = std::move(page.body);
@@ -78,10 +80,12 @@ net::awaitable<bool> WritePage(AnyStream& client, int code, Page page, bool keep
 }  // namespace
 
 net::awaitable<bool> SendSimple(AnyStream& client, int code, std::string_view content_type,
-                                std::string body, bool keep_alive, unsigned version) {
+                                std::string body, bool keep_alive, unsigned version,
+                                http::fields extra) {
   Page page;
   page.content_type = std::string(content_type);
   page.body = std::move(body);
+  page.extra = std::move(extra);
   co_return co_await WritePage(client, code, std::move(page), keep_alive, version);
 }
 

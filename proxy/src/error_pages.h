@@ -6,6 +6,7 @@
 #include <string_view>
 
 #include <boost/asio/awaitable.hpp>
+#include <boost/beast/http/fields.hpp>
 
 #include "stream.h"
 
@@ -17,8 +18,10 @@ struct Shared;
 net::awaitable<bool> SendErrorPage(Shared& shared, AnyStream& client, int code,
                                    std::string_view raw_url, bool keep_alive, unsigned version);
 
-// A small response of our own (health check, 400s, API answers).
+// A small response of our own (health check, 400s, API answers, metrics), with `extra`
+// headers if any (a 405's Allow).
 net::awaitable<bool> SendSimple(AnyStream& client, int code, std::string_view content_type,
-                                std::string body, bool keep_alive, unsigned version);
+                                std::string body, bool keep_alive, unsigned version,
+                                beast::http::fields extra = {});
 
 }  // namespace elsa::proxy

@@ -34,6 +34,27 @@ bool QuietEnd(const error_code& ec, size_t buffered) {
                            ec == net::error::operation_aborted);
 }
 
+// A request that could not be read is answered with the status Node gives it, unless the
+// client just went away between requests. Returns that status, or 0 if nothing was sent.
+net::awaitable<int> AnswerUnreadable(Shared& shared, AnyStream& stream, const error_code& ec, size_t buffered,
+                                     std::string_view what) {
+  if (QuietEnd(ec, buffered)) co_return 0;
+  const int status = ec == http::error::body_limit ? 413 : StatusForReadError(ec);
+  shared.log.Warn(status, " ", what, ": ", ec.message());
+  co_await SendSimple(stream, status, "text/plain", std::string(StatusText(status)), false, 11);
+  co_return status;
+}
+
+// Failing backends are told apart for elsa_proxy_errors_total by the code ConnectBackend and
+// BackendExchangeError give.
+ProxyError BackendFailure(const Status& status) {
+  switch (status.code()) {
+    case StatusCode::kUnavailable: return ProxyError::kBackendUnreachable;
+    case StatusCode::kTimeout: return ProxyError::kBackendTimeout;
+    default: return ProxyError::kBackendError;
+  }
+}
+
 // Requests for a paused route wait here until it resumes (or its pause runs out).
 net::awaitable<void> WaitWhilePaused(const Shared& shared, RouteControl& control) {
   if (!control.paused()) co_return;
@@ -63,16 +84,40 @@ net::awaitable<void> LingeringClose(AnyStream& stream) {
   stream.close();
 }
 
+// Serves requests read whole (small bodies: the API's, scrapes) one after another until the
+// client leaves, a request cannot be read, or `handle` answers false (connection unusable).
+template <typename Handle>
+net::awaitable<void> ServeWholeRequests(Shared& shared, AnyStream& stream, uint64_t body_limit,
+                                        std::string_view what, Handle handle) {
+  const Options& o = shared.options;
+  beast::flat_buffer buf;
+  for (;;) {
+    http::request_parser<http::string_body> parser;
+    parser.header_limit(static_cast<uint32_t>(o.max_header_bytes));
+    parser.body_limit(body_limit);
+    stream.expires_after(o.header_timeout);
+    auto [ec, n] = co_await http::async_read(stream, buf, parser, kTuple);
+    if (ec) {
+      co_await AnswerUnreadable(shared, stream, ec, buf.size(), what);
+      break;
+    }
+    stream.expires_never();
+    if (!co_await handle(parser.get())) break;
+  }
+  co_await LingeringClose(stream);
+}
+
 std::string RoutingHost(std::string_view host) { return std::string(host.substr(0, host.find(':'))); }
 
 // The upgrade: the backend is asked first, with the browser's request, so the browser gets the
 // backend's answer (its subprotocol, cookies, or its refusal).
-net::awaitable<void> ServeWebsocket(Shared& shared, AnyStream stream, beast::flat_buffer& buf,
-                                    http::request_header<> request, const ClientInfo& client,
-                                    const RouteTable::Match& match) {
+net::awaitable<void> ServeWebsocket(Shared& shared, AnyStream stream, Gauge::Hold connection,
+                                    beast::flat_buffer& buf, http::request_header<> request,
+                                    const ClientInfo& client, const RouteTable::Match& match) {
   const unsigned version = request.version();
   const std::string raw_url(request.target());
   if (Status s = CheckBrowserUpgrade(request); !s.ok()) {
+    shared.metrics.Refused(400, ProxyError::kBadRequest);
     co_await SendSimple(stream, 400, "text/plain", s.message(), false, version);
     co_return;
   }
@@ -88,10 +133,12 @@ net::awaitable<void> ServeWebsocket(Shared& shared, AnyStream stream, beast::fla
   auto answer = co_await ConnectBackendWs(shared, url, std::move(request), std::chrono::seconds(10));
   if (!answer.ok()) {
     shared.log.Error("503 GET ", LogUrl(raw_url), " ", answer.status().message());
+    shared.metrics.Refused(503, BackendFailure(answer.status()));
     co_await SendErrorPage(shared, stream, 503, raw_url, false, version);
     co_return;
   }
   if (auto* refused = std::get_if<BackendRefused>(&*answer)) {
+    shared.metrics.Answered(refused->response.result_int());
     refused->response.keep_alive(false);
     refused->response.prepare_payload();
     co_await http::async_write(stream, refused->response, kTuple);
@@ -100,6 +147,7 @@ net::awaitable<void> ServeWebsocket(Shared& shared, AnyStream stream, beast::fla
   auto& ws = std::get<BackendWs>(*answer);
   setup.protocol = ws.protocol;
   std::string head = BrowserSwitchingProtocols(setup.request, ws);
+  shared.metrics.Answered(101);
   stream.expires_after(shared.options.header_timeout);
   auto [ec, n] = co_await net::async_write(stream, net::buffer(head), kTuple);
   if (ec) co_return;
@@ -107,7 +155,7 @@ net::awaitable<void> ServeWebsocket(Shared& shared, AnyStream stream, beast::fla
   match.route->Touch(NowMillis());
   auto data = buf.data();
   std::string leftover(static_cast<const char*>(data.data()), data.size());
-  auto tunnel = std::make_shared<Tunnel>(shared, std::move(stream), std::move(setup));
+  auto tunnel = std::make_shared<Tunnel>(shared, std::move(stream), std::move(connection), std::move(setup));
   tunnel->Start(std::move(ws), std::move(leftover));
 }
 
@@ -115,6 +163,7 @@ net::awaitable<void> ServeWebsocket(Shared& shared, AnyStream stream, beast::fla
 
 net::awaitable<void> ServeClient(Shared& shared, Worker& worker, AnyStream stream, ClientInfo client) {
   const Options& o = shared.options;
+  Gauge::Hold connection(shared.metrics.client_connections);  // moves into the tunnel on an upgrade
   beast::flat_buffer buf;
   for (;;) {
     http::request_parser<http::buffer_body> parser;
@@ -124,11 +173,10 @@ net::awaitable<void> ServeClient(Shared& shared, Worker& worker, AnyStream strea
     stream.expires_after(o.timeout.count() && o.timeout < o.header_timeout ? o.timeout : o.header_timeout);
     auto [ec, n] = co_await http::async_read_header(stream, buf, parser, kTuple);
     if (ec) {
-      if (!QuietEnd(ec, buf.size())) {
-        int status = StatusForReadError(ec);
-        shared.log.Warn(status, " bad request from ", client.address.empty() ? "a local client" : client.address,
-                        ": ", ec.message());
-        co_await SendSimple(stream, status, "text/plain", std::string(StatusText(status)), false, 11);
+      const std::string what =
+          "bad request from " + (client.address.empty() ? std::string("a local client") : client.address);
+      if (int status = co_await AnswerUnreadable(shared, stream, ec, buf.size(), what)) {
+        shared.metrics.Refused(status, ProxyError::kBadRequest);
       }
       break;
     }
@@ -138,12 +186,18 @@ net::awaitable<void> ServeClient(Shared& shared, Worker& worker, AnyStream strea
     const std::string raw_url(req.target());
     // A request whose body we do not read leaves the connection unusable.
     bool keep_alive = req.keep_alive();
-    auto answer = [&](int status, std::string body) -> net::awaitable<bool> {
-      co_return co_await SendSimple(stream, status, "text/plain", std::move(body),
-                                    keep_alive && parser.is_done(), version);
+    auto bad_request = [&](std::string body) -> net::awaitable<bool> {
+      shared.metrics.Refused(400, ProxyError::kBadRequest);
+      co_return co_await SendSimple(stream, 400, "text/plain", std::move(body), keep_alive && parser.is_done(),
+                                    version);
+    };
+    auto refuse = [&](int status, ProxyError why) -> net::awaitable<bool> {
+      shared.metrics.Refused(status, why);
+      co_return co_await SendErrorPage(shared, stream, status, raw_url, keep_alive && parser.is_done(), version);
     };
 
     if (raw_url == "/_chp_healthz") {
+      shared.metrics.Answered(200);
       if (!co_await SendSimple(stream, 200, "application/json", R"({"status": "OK"})",
                                keep_alive && parser.is_done(), version)) {
         break;
@@ -152,17 +206,17 @@ net::awaitable<void> ServeClient(Shared& shared, Worker& worker, AnyStream strea
     }
     auto target = ParseRequestTarget(raw_url);
     if (!target.ok()) {
-      co_await answer(400, target.status().message());
+      co_await bad_request(target.status().message());
       break;
     }
     auto path = DecodeUriComponent(target->path);
     if (!path.ok()) {
-      co_await answer(400, "Bad request path: " + path.status().message());
+      co_await bad_request("Bad request path: " + path.status().message());
       break;
     }
     if (HasDotSegment(*path)) {
       shared.log.Warn("400 ", req.method_string(), " ", LogUrl(raw_url), " refused: '.' or '..' in the path");
-      if (!co_await answer(400, "Paths with '.' or '..' segments are refused")) break;
+      if (!co_await bad_request("Paths with '.' or '..' segments are refused")) break;
       continue;
     }
     std::string routing = o.host_routing ? "/" + RoutingHost(req[http::field::host]) + *path : *path;
@@ -173,16 +227,16 @@ net::awaitable<void> ServeClient(Shared& shared, Worker& worker, AnyStream strea
     }
     if (!match) {
       shared.log.Error("404 ", req.method_string(), " ", LogUrl(raw_url), " ");
-      if (!co_await SendErrorPage(shared, stream, 404, raw_url, keep_alive && parser.is_done(), version)) break;
+      if (!co_await refuse(404, ProxyError::kNoRoute)) break;
       continue;
     }
     if (!match->target->url) {
       shared.log.Error("503 ", req.method_string(), " ", LogUrl(raw_url), " ", match->target->error);
-      if (!co_await SendErrorPage(shared, stream, 503, raw_url, keep_alive && parser.is_done(), version)) break;
+      if (!co_await refuse(503, ProxyError::kBadTarget)) break;
       continue;
     }
     if (beast::websocket::is_upgrade(req)) {
-      co_await ServeWebsocket(shared, std::move(stream), buf, req.base(), client, *match);
+      co_await ServeWebsocket(shared, std::move(stream), std::move(connection), buf, req.base(), client, *match);
       co_return;
     }
     shared.log.Debug("PROXY WEB ", LogUrl(raw_url), " to ", match->target->text);
@@ -190,9 +244,10 @@ net::awaitable<void> ServeClient(Shared& shared, Worker& worker, AnyStream strea
                                         *match->target->url, match->prefix);
     if (!outcome.ok()) {
       shared.log.Error("503 ", req.method_string(), " ", LogUrl(raw_url), " ", outcome.status().message());
-      if (!co_await SendErrorPage(shared, stream, 503, raw_url, keep_alive && parser.is_done(), version)) break;
+      if (!co_await refuse(503, BackendFailure(outcome.status()))) break;
       continue;
     }
+    shared.metrics.Answered(outcome->status);
     if (outcome->status < 300) match->route->Touch(NowMillis());
     if (!outcome->keep_alive) break;
   }
@@ -200,47 +255,52 @@ net::awaitable<void> ServeClient(Shared& shared, Worker& worker, AnyStream strea
 }
 
 net::awaitable<void> ServeApiClient(Shared& shared, Api& api, AnyStream stream) {
-  const Options& o = shared.options;
-  beast::flat_buffer buf;
-  for (;;) {
-    http::request_parser<http::string_body> parser;
-    parser.header_limit(static_cast<uint32_t>(o.max_header_bytes));
-    parser.body_limit(o.max_api_body_bytes);
-    stream.expires_after(o.header_timeout);
-    auto [ec, n] = co_await http::async_read(stream, buf, parser, kTuple);
-    if (ec) {
-      if (!QuietEnd(ec, buf.size())) {
-        int status = ec == http::error::body_limit ? 413 : StatusForReadError(ec);
-        shared.log.Warn(status, " bad API request: ", ec.message());
-        co_await SendSimple(stream, status, "text/plain", std::string(StatusText(status)), false, 11);
-      }
-      break;
-    }
-    stream.expires_never();
-    auto& req = parser.get();
-    ApiRequest call;
-    call.method = req.method_string();
-    call.target = req.target();
-    if (auto it = req.find(http::field::authorization); it != req.end()) call.authorization = it->value();
-    call.body = req.body();
-    auto result = api.Handle(call, NowMillis());
-    ApiResponse response;
-    if (auto* direct = std::get_if<ApiResponse>(&result)) {
-      response = std::move(*direct);
-    } else {
-      response = co_await shared.migrations->Execute(std::get<MigrationCommand>(result));
-    }
-    const int code = response.status;
-    const std::string line = std::to_string(code) + " " + std::string(req.method_string()) + " " +
-                             std::string(LogUrl(req.target())) +
-                             (code >= 400 && response.body.size() < 200 ? " " + response.body : "");
-    shared.log.Log(code < 400 ? LogLevel::kInfo : code < 500 ? LogLevel::kWarn : LogLevel::kError, line);
-    if (!co_await SendSimple(stream, code, response.content_type, std::move(response.body), req.keep_alive(),
-                             req.version())) {
-      break;
-    }
-  }
-  co_await LingeringClose(stream);
+  co_await ServeWholeRequests(
+      shared, stream, shared.options.max_api_body_bytes, "bad API request",
+      [&](const http::request<http::string_body>& req) -> net::awaitable<bool> {
+        ApiRequest call;
+        call.method = req.method_string();
+        call.target = req.target();
+        if (auto it = req.find(http::field::authorization); it != req.end()) call.authorization = it->value();
+        call.body = req.body();
+        auto result = api.Handle(call, NowMillis());
+        ApiResponse response;
+        if (auto* direct = std::get_if<ApiResponse>(&result)) {
+          response = std::move(*direct);
+        } else {
+          response = co_await shared.migrations->Execute(std::get<MigrationCommand>(result));
+        }
+        const int code = response.status;
+        const std::string line = std::to_string(code) + " " + std::string(req.method_string()) + " " +
+                                 std::string(LogUrl(req.target())) +
+                                 (code >= 400 && response.body.size() < 200 ? " " + response.body : "");
+        shared.log.Log(code < 400 ? LogLevel::kInfo : code < 500 ? LogLevel::kWarn : LogLevel::kError, line);
+        co_return co_await SendSimple(stream, code, response.content_type, std::move(response.body),
+                                      req.keep_alive(), req.version());
+      });
+}
+
+net::awaitable<void> ServeMetricsClient(Shared& shared, AnyStream stream) {
+  // Scrapers send no body; anything larger than this is not a scrape.
+  constexpr uint64_t kMaxBody = 4096;
+  co_await ServeWholeRequests(
+      shared, stream, kMaxBody, "bad metrics request",
+      [&](const http::request<http::string_body>& req) -> net::awaitable<bool> {
+        const bool keep_alive = req.keep_alive();
+        auto target = ParseRequestTarget(req.target());
+        if (!target.ok() || target->path != "/metrics") {
+          co_return co_await SendSimple(stream, 404, "text/plain", "Not Found: this port serves only /metrics",
+                                        keep_alive, req.version());
+        }
+        if (req.method() != http::verb::get) {
+          http::fields allow;
+          allow.set(http::field::allow, "GET");
+          co_return co_await SendSimple(stream, 405, "text/plain", "Method Not Allowed: GET /metrics", keep_alive,
+                                        req.version(), std::move(allow));
+        }
+        co_return co_await SendSimple(stream, 200, "text/plain; version=0.0.4; charset=utf-8",
+                                      shared.metrics_registry.Render(), keep_alive, req.version());
+      });
 }
 
 }  // namespace elsa::proxy

@@ -1,5 +1,8 @@
 #include "migration.h"
 
+#include <algorithm>
+#include <optional>
+
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
@@ -58,6 +61,17 @@ std::vector<std::shared_ptr<Tunnel>> RouteControl::Tunnels() {
     return gone;
   });
   return out;
+}
+
+void AddRouteGauges(MetricsRegistry& registry, const RouteTable& routes) {
+  registry.AddGaugeFunction("elsa_proxy_routes", "Routes in the table.",
+                            [&routes] { return static_cast<double>(routes.size()); });
+  registry.AddGaugeFunction("elsa_proxy_routes_paused", "Routes paused for a migration.", [&routes] {
+    const auto all = routes.All();
+    return static_cast<double>(std::count_if(all.begin(), all.end(), [](const std::shared_ptr<Route>& r) {
+      return r->control() && r->control()->paused();
+    }));
+  });
 }
 
 ordered_json Migrations::StateOf(const std::string& path) {
@@ -120,7 +134,10 @@ net::awaitable<ApiResponse> Migrations::Pause(const MigrationCommand& cmd) {
   uint64_t epoch;
   {
     std::lock_guard lock(c.mu_);
-    if (!c.paused_.load()) c.paused_at_ms_ = NowMillis();
+    if (!c.paused_.load()) {
+      c.paused_at_ms_ = NowMillis();
+      c.paused_since_ = Clock::now();
+    }
     c.paused_.store(true, std::memory_order_release);
     epoch = ++c.epoch_;
   }
@@ -178,11 +195,16 @@ net::awaitable<ApiResponse> Migrations::Resume(const std::string& path, std::chr
   auto route = shared_.routes.Lookup(path);
   if (!route) co_return Error(404, "no route " + path);
   RouteControl& c = *route->control();
+  std::optional<Clock::duration> paused_for;  // none when resuming a route that was not paused
   {
     std::lock_guard lock(c.mu_);
     if (only_epoch && c.epoch_ != only_epoch) co_return Error(409, "paused again since");
     ++c.epoch_;  // a pending automatic resume is void now
+    if (c.paused_.load()) paused_for = Clock::now() - c.paused_since_;
     c.paused_.store(false, std::memory_order_release);
+  }
+  if (paused_for) {
+    shared_.metrics.route_pause_seconds.Observe(std::chrono::duration<double>(*paused_for).count());
   }
   auto tunnels = c.Tunnels();
   auto ticket = std::make_shared<Ticket>(static_cast<int>(tunnels.size()));

@@ -16,6 +16,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include "api.h"
+#include "metrics.h"
 #include "stream.h"
 
 namespace elsa::proxy {
@@ -37,8 +38,13 @@ class RouteControl {
   std::atomic<bool> paused_{false};
   uint64_t epoch_ = 0;  // counts pauses: an automatic resume only ends its own pause
   int64_t paused_at_ms_ = 0;
+  std::chrono::steady_clock::time_point paused_since_;  // for elsa_proxy_route_pause_seconds
   std::vector<std::weak_ptr<Tunnel>> tunnels_;
 };
+
+// elsa_proxy_routes and elsa_proxy_routes_paused, read from the table when scraped: a route
+// removed while paused cannot leave a count behind.
+void AddRouteGauges(MetricsRegistry& registry, const RouteTable& routes);
 
 class Migrations {
  public:

@@ -107,8 +107,8 @@ Result<Options> ParseCommandLine(std::span<const char* const> argv, const char* 
   app.add_option("--custom-header", custom_headers, "Header to add to proxied requests, k:v (repeatable)");
   app.add_flag("--insecure", o.insecure, "Don't verify backends' SSL certificates");
   app.add_flag("--host-routing", o.host_routing, "Use host routing (host as first level of path)");
-  app.add_option("--metrics-ip", o.metrics_ip, "IP for the metrics server");
-  app.add_option("--metrics-port", metrics_port, "Port of the metrics server (default: none)");
+  app.add_option("--metrics-ip", o.metrics_ip, "IP for the metrics server (default: every interface)");
+  app.add_option("--metrics-port", metrics_port, "Port serving Prometheus metrics at GET /metrics (default: none)");
   app.add_option("--log-level", log_level, "Log level (debug, info, warn, error)");
   app.add_option("--timeout", timeout_ms, "Idle limit (ms) on a client's connection");
   app.add_option("--proxy-timeout", proxy_timeout_ms, "Limit (ms) on a backend's answer");

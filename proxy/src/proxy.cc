@@ -28,7 +28,7 @@ namespace {
 
 using local = net::local::stream_protocol;
 
-enum class Role { kPublic, kApi, kRedirect };
+enum class Role { kPublic, kApi, kMetrics, kRedirect };
 
 Result<tcp::endpoint> ResolveListen(const std::string& ip, uint16_t port, const char* flag) {
   error_code ec;
@@ -102,6 +102,9 @@ struct Proxy::Impl {
         break;
       case Role::kApi:
         co_await ServeApiClient(*shared, *api, std::move(stream));
+        break;
+      case Role::kMetrics:
+        co_await ServeMetricsClient(*shared, std::move(stream));
         break;
       case Role::kRedirect:
         co_await ServeRedirect(std::move(stream), options.redirect_to ? options.redirect_to : port);
@@ -224,6 +227,7 @@ Result<std::unique_ptr<Proxy>> Proxy::Start(Options options) {
   m.shared = std::make_unique<Shared>(o, [](const std::string&) { return std::make_shared<RouteControl>(); });
   m.migrations = std::make_unique<Migrations>(*m.shared);
   m.shared->migrations = m.migrations.get();
+  AddRouteGauges(m.shared->metrics_registry, m.shared->routes);
   m.api = std::make_unique<Api>(m.shared->routes, o.auth_token, m.shared->log);
   ELSA_ASSIGN_OR_RETURN(m.shared->client_tls, MakeClientTlsContext(o));
   if (o.ssl.enabled()) {
@@ -254,8 +258,10 @@ Result<std::unique_ptr<Proxy>> Proxy::Start(Options options) {
   if (o.redirect_port) {
     ELSA_RETURN_IF_ERROR(m.ListenTcp(o.ip, o.redirect_port, Role::kRedirect, nullptr, "--redirect-port").status());
   }
+  uint16_t metrics_port = 0;
   if (o.metrics_port) {
-    m.shared->log.Warn("--metrics-port: elsa-proxy has no Prometheus endpoint yet; ignored");
+    ELSA_ASSIGN_OR_RETURN(metrics_port,
+                          m.ListenTcp(o.metrics_ip, o.metrics_port, Role::kMetrics, nullptr, "--metrics-ip/--metrics-port"));
   }
   if (!o.pid_file.empty()) {
     ELSA_RETURN_IF_ERROR(WriteFileAtomic(o.pid_file, std::to_string(::getpid()) + "\n"));
@@ -273,6 +279,10 @@ Result<std::unique_ptr<Proxy>> Proxy::Start(Options options) {
   raw->shared->log.Info("Proxying ", o.ssl.enabled() ? "https" : "http", "://", where, " with ", o.threads,
                         " threads");
   raw->shared->log.Info("Proxy API at ", o.api_ssl.enabled() ? "https" : "http", "://", api_where, "/api/routes");
+  if (metrics_port) {
+    raw->shared->log.Info("Prometheus metrics at http://", o.metrics_ip.empty() ? "*" : o.metrics_ip, ":",
+                          metrics_port, "/metrics");
+  }
   if (o.auth_token.empty()) {
     raw->shared->log.Warn("REST API is not authenticated: set CONFIGPROXY_AUTH_TOKEN");
   }

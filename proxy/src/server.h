@@ -1,6 +1,6 @@
 // What every connection handler of one elsa-proxy shares: the options, the log, the routes,
-// the migration controller, TLS contexts; and each worker thread's own io_context and pool of
-// idle backend connections. Owned by Proxy::Impl (proxy.cc); handlers hold references.
+// the migration controller, the metrics, TLS contexts; and each worker thread's own io_context
+// and pool of idle backend connections. Owned by Proxy::Impl (proxy.cc); handlers hold references.
 #pragma once
 
 #include <chrono>
@@ -15,6 +15,7 @@
 
 #include "backend.h"
 #include "log.h"
+#include "metrics.h"
 #include "route_table.h"
 #include "stream.h"
 
@@ -35,10 +36,15 @@ struct Worker {
 
 struct Shared {
   Shared(const Options& o, RouteTable::ControlFactory factory)
-      : options(o), log(o.log_level), routes(o.host_routing, std::move(factory)) {}
+      : options(o),
+        log(o.log_level),
+        routes(o.host_routing, std::move(factory)),
+        metrics(metrics_registry, std::chrono::system_clock::now()) {}
   const Options& options;
   Logger log;
   RouteTable routes;
+  MetricsRegistry metrics_registry;  // what the metrics listener renders
+  ProxyMetrics metrics;              // counted whether or not --metrics-port serves them
   std::shared_ptr<net::ssl::context> client_tls;  // for https/wss targets
   Migrations* migrations = nullptr;
   std::vector<Worker*> workers;  // for work that must reach every worker's pool

@@ -36,7 +36,7 @@ std::string_view Describe(const Tunnel::Setup& s) { return LogUrl(s.raw_target);
 
 }  // namespace
 
-Tunnel::Tunnel(Shared& shared, AnyStream browser, Setup setup)
+Tunnel::Tunnel(Shared& shared, AnyStream browser, Gauge::Hold connection, Setup setup)
     : shared_(shared),
       executor_(browser.get_executor()),
       setup_(std::move(setup)),
@@ -44,7 +44,9 @@ Tunnel::Tunnel(Shared& shared, AnyStream browser, Setup setup)
       drain_timer_(executor_),
       room_timer_(executor_),
       ping_timer_(executor_),
-      last_browser_rx_(Clock::now()) {
+      last_browser_rx_(Clock::now()),
+      connection_(std::move(connection)),
+      open_(shared.metrics.websockets_open) {
   if (RAND_bytes(reinterpret_cast<unsigned char*>(&mask_state_), sizeof mask_state_) != 1) {
     mask_state_ = static_cast<uint64_t>(Clock::now().time_since_epoch().count()) | 1;
   }
@@ -68,6 +70,7 @@ void Tunnel::StartBackend(BackendWs backend) {
   if (!backend.leftover.empty()) backend_->reader.Feed(backend.leftover);
   state_ = BackendState::kOpen;
   last_backend_rx_ = Clock::now();
+  CountIfHeldAcrossPause();
   FlushHeld();
   net::co_spawn(executor_, ReadLoop(shared_from_this(), backend_, false), net::detached);
 }
@@ -221,6 +224,7 @@ void Tunnel::OnBrowserEvent(WsEvent ev) {
       if (state_ == BackendState::kOpen && backend_) {
         Send(backend_, ev.text ? WsOpcode::kText : WsOpcode::kBinary, ev.payload);
       } else {
+        shared_.metrics.websocket_messages_buffered.Increment();
         held_bytes_ += ev.payload.size();
         held_.push_back(Held{ev.text, std::move(ev.payload)});
       }
@@ -291,6 +295,7 @@ void Tunnel::OnPeerEnded(const std::shared_ptr<Peer>& peer, const std::string& w
   }
   if (state_ != BackendState::kOpen) return;
   shared_.log.Warn("websocket ", Describe(setup_), ": backend connection lost: ", why);
+  shared_.metrics.Failed(ProxyError::kWebsocketBackendLost);
   CloseBrowser(kCloseInternalError, "backend connection lost");
   Finish("backend lost");
 }
@@ -306,6 +311,7 @@ void Tunnel::Pause(std::shared_ptr<Ticket> ticket, PausePlan plan) {
     case BackendState::kOpen:
       if (ticket) pause_tickets_.push_back(std::move(ticket));
       state_ = BackendState::kQuiescing;  // from now on the browser's messages are held
+      holding_browser_ = true;
       quiet_deadline_ = Clock::now() + plan_.quiet_max;
       QuietCheck();
       break;
@@ -342,6 +348,7 @@ void Tunnel::StartDrain() {
   // kernel's messages for the reconnect. Frames it sends before its close reply still reach
   // the browser.
   state_ = BackendState::kDraining;
+  holding_browser_ = true;
   Send(backend_, WsOpcode::kClose, WsClosePayload(kCloseGoingAway, "elsa-proxy: pausing"));
   drain_timer_.expires_after(plan_.drain);
   drain_timer_.async_wait([self = shared_from_this(), peer = backend_](error_code ec) {
@@ -378,6 +385,7 @@ void Tunnel::Resume(std::shared_ptr<Ticket> ticket, Clock::time_point deadline) 
     drain_timer_.cancel();
     FinishTickets(pause_tickets_, true);
     state_ = BackendState::kOpen;
+    CountIfHeldAcrossPause();
     FlushHeld();
   }
   if (state_ == BackendState::kOpen) {
@@ -445,6 +453,7 @@ net::awaitable<void> Tunnel::Reconnect([[maybe_unused]] Self self, Clock::time_p
   shared_.log.Error("websocket ", Describe(setup_), ": could not reconnect to the backend before the "
                     "resume deadline (", last_error, "); closing the browser's websocket with 1011");
   FinishTickets(resume_tickets_, false);
+  shared_.metrics.Failed(ProxyError::kWebsocketResumeFailed);
   CloseBrowser(kCloseInternalError, "elsa-proxy: backend did not come back");
   Finish("resume failed");
 }
@@ -478,9 +487,14 @@ void Tunnel::FinishTickets(std::vector<std::shared_ptr<Ticket>>& tickets, bool o
   tickets.clear();
 }
 
+void Tunnel::CountIfHeldAcrossPause() {
+  if (std::exchange(holding_browser_, false)) shared_.metrics.websockets_held.Increment();
+}
+
 void Tunnel::Finish(std::string_view why) {
   if (closed_) return;
   closed_ = true;
+  open_.Release();
   shared_.log.Debug("websocket ", Describe(setup_), " ended: ", why);
   drain_timer_.cancel();
   room_timer_.cancel();

@@ -20,6 +20,7 @@
 #include <boost/beast/http/message.hpp>
 
 #include "backend_ws.h"
+#include "metrics.h"
 #include "route_table.h"
 #include "stream.h"
 #include "ws_codec.h"
@@ -59,7 +60,9 @@ class Tunnel : public std::enable_shared_from_this<Tunnel> {
     std::shared_ptr<Route> route;
     std::string protocol;            // the subprotocol agreed at the first connect
   };
-  Tunnel(Shared& shared, AnyStream browser, Setup setup);
+  // `connection` counts the browser's connection (elsa_proxy_client_connections) until the
+  // tunnel is gone.
+  Tunnel(Shared& shared, AnyStream browser, Gauge::Hold connection, Setup setup);
   ~Tunnel();
 
   // Starts relaying between the browser and its first backend connection.
@@ -101,6 +104,7 @@ class Tunnel : public std::enable_shared_from_this<Tunnel> {
   void Send(const std::shared_ptr<Peer>& peer, WsOpcode op, std::string_view payload);
   void CloseBrowser(uint16_t code, std::string_view reason);
   void Finish(std::string_view why);
+  void CountIfHeldAcrossPause();
   void FinishTickets(std::vector<std::shared_ptr<Ticket>>& tickets, bool ok);
   size_t BacklogTo(const std::shared_ptr<Peer>& to) const;
 
@@ -113,6 +117,7 @@ class Tunnel : public std::enable_shared_from_this<Tunnel> {
   bool closed_ = false;
   bool pause_requested_ = false;  // while reconnecting
   bool resume_requested_ = false;  // while draining
+  bool holding_browser_ = false;   // paused since the backend was last open
   std::chrono::steady_clock::time_point resume_deadline_;
   std::deque<Held> held_;  // browser messages waiting for a backend
   size_t held_bytes_ = 0;
@@ -126,6 +131,8 @@ class Tunnel : public std::enable_shared_from_this<Tunnel> {
   std::chrono::steady_clock::time_point quiet_deadline_;
   PausePlan plan_;
   uint64_t mask_state_;
+  Gauge::Hold connection_;
+  Gauge::Hold open_;  // until Finish
 };
 
 }  // namespace elsa::proxy

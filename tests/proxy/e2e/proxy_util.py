@@ -37,6 +37,26 @@ def wait_port(port, proc=None, timeout=15, what="server"):
     raise RuntimeError(f"{what} is not listening on 127.0.0.1:{port} after {timeout}s")
 
 
+def raw_request(port, data, read_timeout=10):
+    """Sends raw bytes to 127.0.0.1:port; returns everything read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=read_timeout) as s:
+        chunks = []
+        try:
+            s.sendall(data)
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    break
+                chunks.append(b)
+        except OSError:  # timeout, or a reset once the proxy gave up on us
+            pass
+        return b"".join(chunks)
+
+
+def status_of(answer):
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else None
+
+
 def elsa_proxy_bin():
     path = os.environ.get("ELSA_PROXY_BIN", os.path.join(REPO, "build", "proxy", "elsa-proxy"))
     if not os.access(path, os.X_OK):

@@ -12,32 +12,13 @@ import urllib.request
 import pytest
 import websockets
 
-from proxy_util import free_port
+from proxy_util import free_port, raw_request, status_of
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def fds(proc):
     return len(os.listdir(f"/proc/{proc.pid}/fd"))
-
-
-def raw_request(port, data, read_timeout=10):
-    with socket.create_connection(("127.0.0.1", port), timeout=read_timeout) as s:
-        chunks = []
-        try:
-            s.sendall(data)
-            while True:
-                b = s.recv(65536)
-                if not b:
-                    break
-                chunks.append(b)
-        except OSError:  # timeout, or a reset once the proxy gave up on us
-            pass
-        return b"".join(chunks)
-
-
-def status_of(answer):
-    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else None
 
 
 def upgrade(port, path="/ws/x"):
