@@ -35,7 +35,7 @@ struct Worker {
 
 struct Shared {
   Shared(const Options& o, RouteTable::ControlFactory factory)
-      : options(o), log(o.log_level), routes(o.host_routing, std::move(factory)) {}
+      : options(o), log(o.log_level, 2, o.log_format), routes(o.host_routing, std::move(factory)) {}
   const Options& options;
   Logger log;
   RouteTable routes;
