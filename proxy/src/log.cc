@@ -10,9 +10,10 @@
 
 namespace elsa::proxy {
 
-void Logger::Write(LogLevel level, std::string_view message) const {
-  if (!Enabled(level)) return;
-  auto now = std::chrono::system_clock::now();
+namespace {
+
+// CHP's shape of line: local time to the millisecond, the logger's name, the level.
+std::string TextLine(std::chrono::system_clock::time_point now, LogLevel level, std::string_view message) {
   std::time_t secs = std::chrono::system_clock::to_time_t(now);
   int ms = static_cast<int>(
       std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000);
@@ -25,6 +26,18 @@ void Logger::Write(LogLevel level, std::string_view message) const {
   line.reserve(message.size() + 64);
   line.append(stamp).append(" [ElsaProxy] ").append(LogLevelName(level)).append(": ");
   line.append(message).push_back('\n');
+  return line;
+}
+
+// The level names elsad's JSON lines use, so that one query reads both programs' logs.
+std::string_view JsonLevelName(LogLevel level) { return level == LogLevel::kWarn ? "warning" : LogLevelName(level); }
+
+}  // namespace
+
+void Logger::Write(LogLevel level, std::string_view message) const {
+  if (!Enabled(level)) return;
+  auto now = std::chrono::system_clock::now();
+  std::string line = format_ == LogFormat::kJson ? JsonLogLine(now, JsonLevelName(level), message) : TextLine(now, level, message);
   (void)WriteFully(fd_, line, "log");  // nowhere to report a failing log
 }
 

@@ -1,5 +1,6 @@
-// Log lines in configurable-http-proxy's shape ("<time> [ElsaProxy] info: ..."), one write(2)
-// per line so concurrent threads never interleave. Passed around, never global.
+// Log lines in configurable-http-proxy's shape ("<time> [ElsaProxy] info: ..."), or one JSON
+// object a line as elsad writes them (--log-format json); one write(2) per line so concurrent
+// threads never interleave. Passed around, never global.
 #pragma once
 
 #include <sstream>
@@ -12,7 +13,8 @@ namespace elsa::proxy {
 
 class Logger {
  public:
-  explicit Logger(LogLevel level, int fd = 2) : level_(level), fd_(fd) {}
+  explicit Logger(LogLevel level, int fd = 2, LogFormat format = LogFormat::kText)
+      : level_(level), fd_(fd), format_(format) {}
 
   bool Enabled(LogLevel level) const { return level >= level_; }
   void Write(LogLevel level, std::string_view message) const;
@@ -37,6 +39,7 @@ class Logger {
  private:
   LogLevel level_;
   int fd_;
+  LogFormat format_;
 };
 
 // A URL for a log line: no query string (tokens travel there).

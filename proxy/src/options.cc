@@ -74,7 +74,7 @@ Result<Options> ParseCommandLine(std::span<const char* const> argv, const char* 
   bool version = false;
   app.add_flag("-V,--version", version, "Print the version");
 
-  std::string ip, log_level = "info", storage_backend, ssl_protocol;
+  std::string ip, log_level = "info", log_format = "text", storage_backend, ssl_protocol;
   int64_t port = 8000, api_port = 0, metrics_port = 0, redirect_port = 0, redirect_to = 0;
   int64_t timeout_ms = 0, proxy_timeout_ms = 0;
   bool no_x_forward = false, no_prepend_path = false, no_include_prefix = false;
@@ -126,6 +126,7 @@ Result<Options> ParseCommandLine(std::span<const char* const> argv, const char* 
   app.add_option("--max-pause", max_pause, "[elsa] ms after which a paused route resumes by itself");
   app.add_option("--resume-timeout", resume_timeout, "[elsa] ms to keep reconnecting on resume");
   app.add_option("--drain-timeout", drain_timeout, "[elsa] ms a backend gets to close on pause");
+  app.add_option("--log-format", log_format, "[elsa] text (CHP's lines), or json: one JSON object a line");
 
   try {
     app.parse(static_cast<int>(argv.size()), argv.data());
@@ -160,6 +161,7 @@ Result<Options> ParseCommandLine(std::span<const char* const> argv, const char* 
   o.prepend_path = !no_prepend_path;
   o.include_prefix = !no_include_prefix;
   ELSA_ASSIGN_OR_RETURN(o.log_level, ParseLogLevel(log_level));
+  ELSA_ASSIGN_OR_RETURN(o.log_format, ParseLogFormat(log_format));
   if (timeout_ms < 0 || proxy_timeout_ms < 0) return Status::InvalidArgument("--timeout and --proxy-timeout must be >= 0");
   o.timeout = std::chrono::milliseconds(timeout_ms);
   o.proxy_timeout = std::chrono::milliseconds(proxy_timeout_ms);

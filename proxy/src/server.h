@@ -37,7 +37,7 @@ struct Worker {
 struct Shared {
   Shared(const Options& o, RouteTable::ControlFactory factory)
       : options(o),
-        log(o.log_level),
+        log(o.log_level, 2, o.log_format),
         routes(o.host_routing, std::move(factory)),
         metrics(metrics_registry, std::chrono::system_clock::now()) {}
   const Options& options;

@@ -125,5 +125,11 @@ TEST(Options, WhatJupyterHubPasses) {
   EXPECT_FALSE(Parse({"--no-such-flag"}).ok());
 }
 
+TEST(Options, LogFormat) {
+  EXPECT_EQ(Parse({})->log_format, LogFormat::kText);
+  EXPECT_EQ(Parse({"--log-format", "json"})->log_format, LogFormat::kJson);
+  EXPECT_FALSE(Parse({"--log-format", "xml"}).ok());
+}
+
 }  // namespace
 }  // namespace elsa::proxy

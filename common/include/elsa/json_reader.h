@@ -27,6 +27,10 @@ namespace elsa {
 inline std::string DumpJson(const nlohmann::json& value, int indent = -1) {
   return value.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
 }
+// The same for an object whose keys keep the order they were set in (a log line's time first).
+inline std::string DumpJson(const nlohmann::ordered_json& value, int indent = -1) {
+  return value.dump(indent, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+}
 
 class JsonReader {
  public:

@@ -13,6 +13,7 @@
 #include "elsa/engine/agent.h"
 #include "elsa/engine/peer_server.h"
 #include "elsa/engine/api.h"
+#include "elsa/fd_io.h"
 #include "elsa/file_util.h"
 #include "elsa/log.h"
 
@@ -64,11 +65,15 @@ int main(int argc, char** argv) {
   config.criu.explicit_binary = env_criu ? env_criu : "";
   config.criu.prefix = ELSA_DEFAULT_CRIU_PREFIX;
   bool daemon = false;
+  std::string log_format_name = "text";
   app.add_option("--socket", socket_path, "Unix socket of the API")->capture_default_str();
   app.add_option("--state-dir", config.state_dir, "sessions, logs and the checkpoint store")->capture_default_str();
   app.add_option("--criu", config.criu.explicit_binary, "CRIU binary to use (default: $ELSA_CRIU, the bootstrap's build, then PATH)");
   app.add_option("--criu-prefix", config.criu.prefix, "prefix holding sbin/criu, as built by tools/bootstrap")->capture_default_str();
   app.add_flag("--daemon", daemon, "run in the background, logging to STATE_DIR/elsad.log");
+  app.add_option("--log-format", log_format_name,
+                 "text, or json: one JSON object a line (time, level, message, session, op, ...)")
+      ->capture_default_str();
   std::string listen, secret_file;
   app.add_option("--listen", listen, "HOST[:PORT] where other agents reach this one for migrations (port 7077)");
   app.add_option("--peer-secret-file", secret_file,
@@ -87,34 +92,40 @@ int main(int argc, char** argv) {
       ->group("");
   CLI11_PARSE(app, argc, argv);
 
+  // The agent's own lines, in its log (stderr, or STATE_DIR/elsad.log with --daemon), whole
+  // lines in one write each so that threads' lines never interleave.
+  auto log_format = elsa::ParseLogFormat(log_format_name);
+  if (!log_format.ok()) {
+    std::fprintf(stderr, "elsad: %s\n", log_format.status().message().c_str());
+    return 2;
+  }
+  config.log = elsa::Logger(elsa::ProgramLogSink("elsad", *log_format, [](std::string_view line) {
+    (void)elsa::WriteFully(STDERR_FILENO, line, "log");  // nowhere to report a failing log
+  }));
+  const elsa::Logger& log = config.log;
   if (::geteuid() != 0) {
-    std::fprintf(stderr, "elsad: must run as root (CRIU needs it); try: sudo %s\n", argv[0]);
+    log.Error(std::string("must run as root (CRIU needs it); try: sudo ") + argv[0]);
     return 1;
   }
   config.peer_timeout_ms = peer_timeout_s * 1000;
-  // The agent's own lines, in its log (stderr, or STATE_DIR/elsad.log with --daemon).
-  config.log = elsa::Logger([](const elsa::LogLine& line) {
-    const char* level = line.level == elsa::LogLevel::kInfo ? "" : line.level == elsa::LogLevel::kWarning ? "warning: " : "error: ";
-    std::fprintf(stderr, "elsad: %s%s\n", level, elsa::Logger::Format(line).c_str());
-  });
   if (!secret_file.empty()) {
     auto secret = elsa::ReadFile(secret_file, 4096);
     if (!secret.ok()) {
-      std::fprintf(stderr, "elsad: %s\n", secret.status().message().c_str());
+      log.Error(secret.status().message());
       return 1;
     }
     config.peer_secret = *secret;
     while (!config.peer_secret.empty() && (config.peer_secret.back() == '\n' || config.peer_secret.back() == '\r'))
       config.peer_secret.pop_back();
     if (config.peer_secret.size() < 16) {
-      std::fprintf(stderr, "elsad: the peer secret in %s is shorter than 16 characters\n", secret_file.c_str());
+      log.Error("the peer secret in " + secret_file + " is shorter than 16 characters");
       return 1;
     }
   }
   int ready_fd = -1;
   if (daemon) {
     if (elsa::Status s = elsa::MakeDirs(config.state_dir, 0700); !s.ok()) {
-      std::fprintf(stderr, "elsad: %s\n", s.message().c_str());
+      log.Error(s.message());
       return 1;
     }
     if (Daemonize(config.state_dir + "/elsad.log", &ready_fd) != 0) {
@@ -135,29 +146,29 @@ int main(int argc, char** argv) {
 
   elsa::Agent agent(config);
   if (elsa::Status s = agent.Open(); !s.ok()) {
-    std::fprintf(stderr, "elsad: %s\n", s.message().c_str());
+    log.Error(s.message());
     return 1;
   }
   auto criu = agent.CriuBinary();
-  if (criu.ok()) std::fprintf(stderr, "elsad: using CRIU %s\n", criu->c_str());
-  else std::fprintf(stderr, "elsad: warning: %s\n", criu.status().message().c_str());
+  if (criu.ok()) log.Info("using CRIU " + *criu);
+  else log.Warning(criu.status().message());
 
   elsa::ApiServer server(agent, socket_path);
   if (elsa::Status s = server.Listen(); !s.ok()) {
-    std::fprintf(stderr, "elsad: %s\n", s.message().c_str());
+    log.Error(s.message());
     return 1;
   }
   std::unique_ptr<elsa::PeerServer> peers;
   if (!listen.empty()) {
     auto started = elsa::PeerServer::Start(agent, listen);
     if (!started.ok()) {
-      std::fprintf(stderr, "elsad: --listen %s: %s\n", listen.c_str(), started.status().message().c_str());
+      log.Error("--listen " + listen + ": " + started.status().message());
       return 1;
     }
     peers = std::move(*started);
-    std::fprintf(stderr, "elsad: other agents reach this one at %s (port %u)\n", listen.c_str(), peers->port());
+    log.Info("other agents reach this one at " + listen + " (port " + std::to_string(peers->port()) + ")");
   }
-  std::fprintf(stderr, "elsad: serving %s, state in %s\n", socket_path.c_str(), config.state_dir.c_str());
+  log.Info("serving " + socket_path + ", state in " + config.state_dir);
   if (ready_fd >= 0) {
     ssize_t ignored = ::write(ready_fd, "R", 1);
     (void)ignored;
@@ -168,7 +179,7 @@ int main(int argc, char** argv) {
   std::thread signal_thread([&] {
     int sig = 0;
     sigwait(&stop_signals, &sig);
-    std::fprintf(stderr, "elsad: %s received; stopping (sessions keep running)\n", strsignal(sig));
+    log.Info(std::string(strsignal(sig)) + " received; stopping (sessions keep running)");
     stop = true;
   });
   server.Serve(stop);

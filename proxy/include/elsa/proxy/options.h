@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "elsa/log.h"
 #include "elsa/status.h"
 
 namespace elsa::proxy {
@@ -59,6 +60,7 @@ struct Options {
   std::string metrics_ip;
   uint16_t metrics_port = 0;     // 0: no metrics listener
   LogLevel log_level = LogLevel::kInfo;
+  LogFormat log_format = LogFormat::kText;  // [elsa] --log-format json: one JSON object a line
   std::chrono::milliseconds timeout{0};        // idle limit on a client's connection; 0: none
   std::chrono::milliseconds proxy_timeout{0};  // limit on a backend's answer; 0: none
   std::string auth_token;        // from CONFIGPROXY_AUTH_TOKEN; empty: API not authenticated
