@@ -7,9 +7,9 @@
 //       --restore --output-fd R [--pass-fd N]... -- CRIU swrk FD
 //                                                         runs CRIU; the tree it restores is ours
 //
-// Reports on S, one line each: "criu STATUS" (restore), then "pid PID" or "error TEXT". Reads on
-// L: "adopt PID" (restore), "settle"; L closing before "settle" means the agent died while the
-// session still needed it, and the session is ended.
+// Reports on S, one line each: "criu STATUS" (restore), then "pid PID START_TICKS" or
+// "error TEXT". Reads on L: "adopt PID" (restore), "settle"; L closing before "settle" means the
+// agent died while the session still needed it, and the session is ended.
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -124,6 +124,13 @@ bool IsOurChild(pid_t pid) {
 // Supervises `pid` (our child) until it exits, ending it if the lease closes unsettled; records
 // its exit. Returns the monitor's exit code.
 int Supervise(const Options& o, pid_t pid, UniqueFd output, UniqueFd lease, UniqueFd status) {
+  // Named now, while it cannot have been reaped (we reap it): a session that ends at once is
+  // still told apart from a later process with its pid.
+  auto identity = IdentifyProcess(pid);
+  if (!identity.ok()) {
+    Report(status.get(), "error " + identity.status().message());
+    return 1;
+  }
   UniqueFd exited(::eventfd(0, EFD_CLOEXEC));
   std::mutex mu;
   SessionExit result;
@@ -140,7 +147,7 @@ int Supervise(const Options& o, pid_t pid, UniqueFd output, UniqueFd lease, Uniq
     Report(status.get(), "error " + supervisor.status().message());
     return 1;
   }
-  Report(status.get(), "pid " + std::to_string(pid));
+  Report(status.get(), "pid " + std::to_string(pid) + " " + std::to_string(identity->start_ticks));
   status.Reset();
   std::string note;
   for (;;) {

@@ -52,13 +52,14 @@ Result<std::string> ReadReport(int fd, int timeout_ms) {
   }
 }
 
-// "pid 123" -> the session's identity; "error ..." -> that error.
+// "pid 123 START_TICKS" -> the session's identity; "error ..." -> that error.
 Result<ProcessIdentity> SessionFromReport(const std::string& report) {
   if (report.rfind("error ", 0) == 0) return Status::ExternalFailure(report.substr(6));
   int pid = 0;
-  if (std::sscanf(report.c_str(), "pid %d", &pid) != 1 || pid <= 0)
-    return Status::ProtocolError("elsa-monitor reported '" + report + "', not a pid");
-  return IdentifyProcess(pid);
+  unsigned long long start_ticks = 0;
+  if (std::sscanf(report.c_str(), "pid %d %llu", &pid, &start_ticks) != 2 || pid <= 0 || start_ticks == 0)
+    return Status::ProtocolError("elsa-monitor reported '" + report + "', not a pid and its start time");
+  return ProcessIdentity{pid, start_ticks};
 }
 
 Status WriteLine(int fd, const std::string& line) {
