@@ -128,3 +128,46 @@ def test_a_lazy_restore_whose_agent_dies_is_ended_not_left_with_holes(agent, wor
     assert agent.json("verify", made["id"])["id"] == made["id"]
     again = agent.json("restore", made["id"])
     assert again["session"]["name"] == "big"
+
+
+COUNTER = """
+import itertools, time
+for i in itertools.count():
+    print("tick", i, flush=True)
+    time.sleep(0.1)
+"""
+
+
+def ticks(agent, name):
+    lines = [line for line in agent.cli("logs", name).stdout.splitlines() if line.startswith("tick ")]
+    return int(lines[-1].split()[1]) if lines else -1
+
+
+def test_an_agent_killed_between_a_checkpoints_dump_and_its_commit_loses_neither(agent, workdir):
+    """`elsa checkpoint NAME` (no --leave-running) used to have CRIU kill the tree at the end of
+    the dump, before the checkpoint was committed: an agent dying in between lost the session
+    (killed) and its checkpoint (dropped as unfinished by the next agent). The tree now stays
+    stopped until the commit; the next agent finds it stopped and resumes it."""
+    agent.run_session("counter", "/usr/bin/python3", "-c", COUNTER, workdir=workdir)
+    wait_for_output(agent, "counter", "tick 3")
+    pid = agent.sessions()["counter"]["pid"]
+    kill_agent(agent)
+    agent.extra_args = ["--test-fault", "die-before-checkpoint-commit"]
+    agent.start()
+    failed = agent.cli("checkpoint", "counter", check=False)
+    assert failed.returncode != 0, "the agent died before the commit"
+    agent.proc.wait(timeout=20)
+    assert _stopped(pid), "between the dump and the commit the session is stopped, not killed"
+
+    agent.extra_args = []
+    agent.start()
+    assert agent.sessions()["counter"]["pid"] == pid
+    assert agent.json("checkpoints") == [], "the unfinished checkpoint is not listed"
+    before = ticks(agent, "counter")
+    time.sleep(1)
+    assert not _stopped(pid) and ticks(agent, "counter") > before, "the session runs on"
+    made = agent.json("checkpoint", "counter")["checkpoint"]
+    agent.json("restore", made["id"])
+    resumed_at = ticks(agent, "counter")
+    time.sleep(1)
+    assert ticks(agent, "counter") > resumed_at

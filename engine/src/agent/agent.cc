@@ -17,6 +17,7 @@
 #include "migrate/frozen_copy.h"
 #include "migrate/host.h"
 #include "migrate/source.h"
+#include "migrate/stopped_tree.h"
 #include "agent/session_record.h"
 #include "session/session_monitor.h"
 #include "store/checkpoint_pages.h"
@@ -161,14 +162,16 @@ Status Agent::Open() {
   state_lock_ = std::move(lock);
   ELSA_RETURN_IF_ERROR(MakeDirs(config_.state_dir + "/sessions", 0700));
   ELSA_RETURN_IF_ERROR(MakeDirs(config_.state_dir + "/run", 0700));
-  ELSA_RETURN_IF_ERROR(store_.Open());
-  ELSA_ASSIGN_OR_RETURN(pages_, CheckpointPages::Open(config_.state_dir + "/pages", config_.log));
   // Sessions outlive their agent (each has its monitor): take over those the last one left.
   AdoptSurvivors();
-  // Sessions a migration left frozen when the previous agent died: settled with their destination.
+  // Sessions a migration or a checkpoint left frozen when the previous agent died: settled with
+  // their destination, or resumed; before the store drops unfinished checkpoints, whose CRIU
+  // logs name the network locks to lift.
   SettleFrozenCopies(config_, [this](std::function<void(const std::atomic<bool>&)> work) {
     host_->ResolveLater(std::move(work));
   });
+  ELSA_RETURN_IF_ERROR(store_.Open());
+  ELSA_ASSIGN_OR_RETURN(pages_, CheckpointPages::Open(config_.state_dir + "/pages", config_.log));
   return Status::Ok();
 }
 
@@ -467,7 +470,20 @@ Result<CheckpointReport> Agent::Checkpoint(const std::string& name, bool leave_r
     ELSA_ASSIGN_OR_RETURN(std::unique_ptr<PageIntake> intake, pages_->StartIntake(pending.dir()));
     CriuDumpRequest dump = intake->DumpRequest(info.pid, dir_fd.get());
     dump.leave_running = leave_running;
+    // A checkpoint that ends the session leaves it stopped, not killed, until the checkpoint is
+    // committed: a failure, or this agent dying, before then resumes it (the next agent does, from
+    // the record), so no moment exists where neither the session nor its checkpoint is there.
+    dump.leave_stopped = !leave_running;
+    StoppedTree stopped(config_.log.With("session", name).With("op", "checkpoint"),
+                        leave_running ? "" : FrozenCopyPath(config_.state_dir, name));
+    if (!leave_running)
+      ELSA_RETURN_IF_ERROR(
+          RecordFrozenCopy(config_.state_dir, {name, info.pid, ProcessStartTicks(info.pid), "", "", 0, pending.dir()}));
     Result<CriuOutcome> dumped = SerializedDump(criu, dump, progress);
+    if (!leave_running) {
+      if (dumped.ok()) stopped.Take(info.pid, CriuNetworkLockTableOf(pending.dir()));
+      else (void)::unlink(FrozenCopyPath(config_.state_dir, name).c_str());  // CRIU resumed it
+    }
     Result<page_server::ReceiverStats> received = intake->Finish(dumped.ok());
     // Our intake failing on the disk (e.g. full) is what ended CRIU's dump: say so first.
     if (!dumped.ok() && !received.ok() && received.status().code() == StatusCode::kIoError)
@@ -488,26 +504,24 @@ Result<CheckpointReport> Agent::Checkpoint(const std::string& name, bool leave_r
     out.dump_seconds = outcome.seconds;
     out.criu_events = outcome.notifications;
     manifest.dump_seconds = outcome.seconds;
-    if (!leave_running) manifest.network_lock_table = CriuNetworkLockTableOf(pending.dir());
+    if (!leave_running) manifest.network_lock_table = stopped.network_lock_table();
 
+    Report(progress, "commit", "checksumming and syncing the images");
+    if (config_.test_fault == "die-before-checkpoint-commit") ::raise(SIGKILL);  // as `kill -9` would, here
+    const auto commit_start = Clock::now();
+    ELSA_RETURN_IF_ERROR(pages_->Sync());
+    ELSA_ASSIGN_OR_RETURN(out.manifest, pending.Commit(std::move(manifest), /*keep_on_failure=*/false));
+    out.commit_seconds = SecondsSince(commit_start);
     if (!leave_running) {
-      // CRIU has killed the tree; wait until it is reaped so "gone" means gone.
+      // Committed: the session lives in its checkpoint now. CRIU's lock on its connections stays
+      // until the restore, so that its peers see nothing of the pause.
+      stopped.EndKeepingNetworkLock();
       std::unique_lock lock(mu_);
       for (auto& [n, s] : sessions_)
         if (s->serial == serial) s->info.state = SessionState::kCheckpointed;
       if (!WaitForExit(lock, serial, 10))
-        config_.log.With("session", name).Warning("not reaped 10 s after its dump");
+        config_.log.With("session", name).Warning("not reaped 10 s after its checkpoint");
     }
-
-    Report(progress, "commit", "checksumming and syncing the images");
-    const auto commit_start = Clock::now();
-    if (Status synced = pages_->Sync(); !synced.ok()) {
-      if (leave_running) return synced;
-      // The session is gone and these images are all that is left of it: keep them regardless.
-      config_.log.With("session", name).With("op", "checkpoint").Error(synced.ToString());
-    }
-    ELSA_ASSIGN_OR_RETURN(out.manifest, pending.Commit(std::move(manifest), /*keep_on_failure=*/!leave_running));
-    out.commit_seconds = SecondsSince(commit_start);
     out.total_seconds = SecondsSince(start);
     {
       std::lock_guard lock(mu_);

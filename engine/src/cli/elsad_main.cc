@@ -87,8 +87,9 @@ int main(int argc, char** argv) {
   // Failures on purpose, at points no outside fault can hit reliably (the test suite's).
   app.add_option("--test-fault", config.test_fault,
                  "for the test suite only: fail on purpose as a source of migrations (lose-committed: "
-                 "B's `committed` is lost with the connection; hang-before-commit: wait 120 s before `commit`)")
-      ->check(CLI::IsMember({"lose-committed", "hang-before-commit"}))
+                 "B's `committed` is lost with the connection; hang-before-commit: wait 120 s before `commit`), "
+                 "or die (SIGKILL) between a checkpoint's dump and its commit (die-before-checkpoint-commit)")
+      ->check(CLI::IsMember({"lose-committed", "hang-before-commit", "die-before-checkpoint-commit"}))
       ->group("");
   CLI11_PARSE(app, argc, argv);
 

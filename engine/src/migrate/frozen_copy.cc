@@ -43,7 +43,8 @@ std::string FrozenCopyPath(const std::string& state_dir, const std::string& sess
 
 Status RecordFrozenCopy(const std::string& state_dir, const FrozenCopy& copy) {
   json j = {{"session", copy.session}, {"pid", copy.pid},   {"start_ticks", copy.start_ticks},
-            {"lock_table", copy.lock_table}, {"host", copy.host}, {"port", copy.port}};
+            {"lock_table", copy.lock_table}, {"host", copy.host}, {"port", copy.port},
+            {"dump_dir", copy.dump_dir}};
   return WriteFileAtomic(FrozenCopyPath(state_dir, copy.session), DumpJson(j));
 }
 
@@ -76,7 +77,8 @@ std::vector<FrozenCopy> ReadFrozenCopies(const std::string& state_dir, const Log
         .Required("start_ticks", &copy.start_ticks)
         .Required("lock_table", &copy.lock_table)
         .Required("host", &copy.host)
-        .Required("port", &copy.port);
+        .Required("port", &copy.port)
+        .Optional("dump_dir", &copy.dump_dir);
     Status st = text.ok() ? r.status() : text.status();
     if (st.ok()) st = ValidateIdentifier("session name", copy.session);
     if (!st.ok() || copy.pid <= 0) {
@@ -124,6 +126,19 @@ void SettleFrozenCopies(const AgentConfig& config,
     if (ProcessStartTicks(copy.pid) != copy.start_ticks || !Stopped(copy.pid)) {
       log.Info("a migration's record names a tree that is gone or running: removed");
       (void)::unlink(record.c_str());
+      continue;
+    }
+    if (copy.host.empty()) {
+      // A checkpoint's: its agent died before the checkpoint committed, so there is none (the
+      // store drops the unfinished one) and the session runs on, as after any failed checkpoint.
+      // CRIU's lock table is named in the dump's log, in the unfinished checkpoint's directory
+      // (the agent settles these before its store drops that directory).
+      StoppedTree tree(log, record);
+      tree.Take(copy.pid, copy.lock_table.empty() ? CriuNetworkLockTableOf(copy.dump_dir) : copy.lock_table);
+      if (Status resumed = tree.Resume(); !resumed.ok())
+        log.Error("resuming the session a checkpoint left stopped: " + resumed.ToString());
+      else
+        log.Warning("its checkpoint was not finished when the last agent stopped: discarded; the session runs on");
       continue;
     }
     if (copy.lock_table.empty()) copy.lock_table = CriuNetworkLockTableOf(config.state_dir + "/run/migrate-" + copy.session);

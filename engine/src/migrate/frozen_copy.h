@@ -25,8 +25,9 @@ struct FrozenCopy {
   pid_t pid = 0;
   uint64_t start_ticks = 0;  // the process's start time: a pid reused since is never taken for it
   std::string lock_table;    // CRIU's nftables lock on its connections ("" until known)
-  std::string host;          // the destination, to ask
+  std::string host;          // the destination, to ask; empty: a checkpoint's (nobody to ask)
   uint16_t port = 0;
+  std::string dump_dir;      // where CRIU's dump log is, naming its lock table (if lock_table is "")
 };
 
 std::string FrozenCopyPath(const std::string& state_dir, const std::string& session);
@@ -45,8 +46,9 @@ Result<peer::Outcome> AskWhereSessionRuns(const AgentConfig& config, const std::
 std::optional<bool> AskUntilKnown(const AgentConfig& config, const std::pair<std::string, uint16_t>& destination,
                                   const std::string& session, const std::atomic<bool>& stop);
 
-// For a new agent: each recorded copy still frozen is settled on a thread `start` runs (ended if
-// the destination runs the session, else resumed); records of trees that are gone are removed.
+// For a new agent: each recorded copy still frozen is settled: a migration's on a thread `start`
+// runs (ended if the destination runs the session, else resumed), a checkpoint's at once
+// (resumed: its checkpoint was never committed); records of trees that are gone are removed.
 void SettleFrozenCopies(const AgentConfig& config, const std::function<void(std::function<void(const std::atomic<bool>&)>)>& start);
 
 }  // namespace elsa

@@ -82,12 +82,17 @@ Status StoppedTree::Resume() {
   return resumed;
 }
 
-void StoppedTree::End() {
+void StoppedTree::EndKeepingNetworkLock() {
   if (!held()) return;
   ::kill(root_, SIGKILL);
   ::kill(root_, SIGCONT);
   root_ = 0;
   Settled();
+}
+
+void StoppedTree::End() {
+  if (!held()) return;
+  EndKeepingNetworkLock();
   if (!lock_table_.empty())
     if (Status dropped = DropCriuNetworkLock(lock_table_); !dropped.ok())
       log_.Warning("dropping CRIU's network lock " + lock_table_ + ": " + dropped.ToString());

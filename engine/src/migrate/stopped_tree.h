@@ -38,6 +38,9 @@ class StoppedTree {
   // Ends the stopped copy (SIGKILL) and CRIU's lock on its connections: the session lives on
   // the destination.
   void End();
+  // Ends the stopped copy and leaves CRIU's lock on its connections in place: the session lives
+  // in a checkpoint now, whose restore takes the lock down (its peers never see a reset).
+  void EndKeepingNetworkLock();
   // Lets go of it as it is, stopped (its fate cannot be decided here): the caller says so.
   void LeaveStopped() { root_ = 0; }
 
