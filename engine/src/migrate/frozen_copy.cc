@@ -1,5 +1,7 @@
 #include "migrate/frozen_copy.h"
 
+#include "session/session_monitor.h"
+
 #include <signal.h>
 #include <unistd.h>
 
@@ -49,15 +51,8 @@ Status RecordFrozenCopy(const std::string& state_dir, const FrozenCopy& copy) {
 }
 
 uint64_t ProcessStartTicks(pid_t pid) {
-  Result<std::string> stat = ReadFile("/proc/" + std::to_string(pid) + "/stat", 4096);
-  if (!stat.ok()) return 0;
-  const size_t close = stat->rfind(')');
-  if (close == std::string::npos) return 0;
-  std::istringstream fields(stat->substr(close + 2));
-  std::string field;
-  for (int i = 3; i <= 22 && fields >> field; ++i)
-    if (i == 22) return std::strtoull(field.c_str(), nullptr, 10);
-  return 0;
+  Result<ProcessIdentity> process = IdentifyProcess(pid);
+  return process.ok() ? process->start_ticks : 0;
 }
 
 std::vector<FrozenCopy> ReadFrozenCopies(const std::string& state_dir, const Logger& log) {
