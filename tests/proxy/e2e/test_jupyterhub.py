@@ -122,7 +122,9 @@ def test_jupyterhub_login_spawn_and_kernel_websocket_through_elsa_proxy(hub):
             "content": {"code": "6 * 7", "silent": False, "store_history": True,
                         "user_expressions": {}, "allow_stdin": False, "stop_on_error": True}}))
         result = reply = None
-        while reply is None:
+        # The reply (shell) and the result (iopub) come on different kernel channels: either may
+        # be first; a loaded machine shows both orders. Wait for both (ws's 60 s timeout bounds it).
+        while reply is None or (result is None and reply == "ok"):
             m = json.loads(ws.recv())
             if m.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
