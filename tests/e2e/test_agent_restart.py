@@ -46,6 +46,7 @@ def test_sessions_outlive_a_killed_agent_and_a_new_one_adopts_them(agent, workdi
     now = agent.sessions()
     assert now["chatty"]["state"] == "running" and now["chatty"]["pid"] == before["chatty"]["pid"]
     assert now["quiet"]["state"] == "running" and now["quiet"]["pid"] == before["quiet"]["pid"]
+    assert now["quiet"]["uptime_seconds"] >= before["quiet"]["uptime_seconds"] + 1, "its uptime goes on"
     assert now["doomed"]["state"] == "exited", now["doomed"]
     assert now["doomed"]["exit_signal"] == signal.SIGKILL, "its monitor recorded how it ended"
     assert "no-such-thing-19" in agent.cli("logs", "chatty").stdout, "output written while no agent ran is in the log"

@@ -207,6 +207,9 @@ Result<SessionInfo> Agent::AdoptLocked(SessionInfo info, StartedMonitor started,
   session->info = info;
   session->root = started.session;
   session->monitor = started.monitor;
+  // An adopted session's uptime goes on from its process's start, not from its adoption.
+  session->started = Clock::now() - std::chrono::duration_cast<Clock::duration>(
+                                        std::chrono::duration<double>(started.session.AgeSeconds()));
   session->lease = std::move(started.lease);
   auto watch = MonitorWatch::Start(started.monitor, started.session, SessionExitPath(config_.state_dir, info.name),
                                    [this, serial](const SessionExit& exit) { OnExit(serial, exit); });

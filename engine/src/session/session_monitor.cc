@@ -75,6 +75,14 @@ bool ProcessIdentity::Alive() const {
   return now.ok() && now->start_ticks == start_ticks;
 }
 
+double ProcessIdentity::AgeSeconds() const {
+  auto uptime = ReadFile("/proc/uptime", 256);
+  if (!uptime.ok()) return 0;
+  const double since_boot = std::strtod(uptime->c_str(), nullptr);
+  const double started = static_cast<double>(start_ticks) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+  return since_boot > started ? since_boot - started : 0;
+}
+
 Result<ProcessIdentity> IdentifyProcess(pid_t pid) {
   auto stat = ReadFile("/proc/" + std::to_string(pid) + "/stat", 4096);
   if (!stat.ok()) return Status::NotFound("no process " + std::to_string(pid));

@@ -33,6 +33,8 @@ struct ProcessIdentity {
   uint64_t start_ticks = 0;  // /proc/PID/stat's starttime
   // Whether it is still the same process (running, or a zombie not yet reaped).
   bool Alive() const;
+  // How long ago it started, in seconds (from the boot clock, so a new agent tells the same).
+  double AgeSeconds() const;
 };
 // Its identity now; NotFound when no such process runs.
 Result<ProcessIdentity> IdentifyProcess(pid_t pid);
