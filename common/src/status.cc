@@ -21,6 +21,7 @@ std::string_view StatusCodeName(StatusCode code) {
     case StatusCode::kProtocolError: return "protocol_error";
     case StatusCode::kUnauthenticated: return "unauthenticated";
     case StatusCode::kCancelled: return "cancelled";
+    case StatusCode::kPermissionDenied: return "permission_denied";
     case StatusCode::kInternal: return "internal";
   }
   return "unknown";

@@ -26,6 +26,7 @@ enum class StatusCode {
   kProtocolError,     // the peer sent something the protocol does not allow
   kUnauthenticated,   // the peer could not prove it holds the shared secret
   kCancelled,         // the caller called it off (e.g. no go at a migration's freeze gate)
+  kPermissionDenied,  // the caller is known, but its scope does not allow this
   kInternal,
 };
 
@@ -51,6 +52,7 @@ class [[nodiscard]] Status {
   static Status ProtocolError(std::string m) { return {StatusCode::kProtocolError, std::move(m)}; }
   static Status Unauthenticated(std::string m) { return {StatusCode::kUnauthenticated, std::move(m)}; }
   static Status Cancelled(std::string m) { return {StatusCode::kCancelled, std::move(m)}; }
+  static Status PermissionDenied(std::string m) { return {StatusCode::kPermissionDenied, std::move(m)}; }
   static Status Internal(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
   // "what: strerror(err)", for a failed system call.
   static Status FromErrno(std::string_view what, int err);

@@ -1,6 +1,4 @@
 #include <errno.h>
-#include <poll.h>
-#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -8,10 +6,8 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <list>
-#include <memory>
-#include <thread>
 
+#include "api/api_connection.h"
 #include "elsa/engine/api.h"
 #include "elsa/file_util.h"
 #include "elsa/json_reader.h"
@@ -21,6 +17,9 @@ namespace elsa {
 using nlohmann::json;
 
 namespace {
+
+// Root clients of the Unix socket at once (the hub polls and migrates in parallel).
+constexpr size_t kMaxUnixClients = 128;
 
 json Ok(json result) { return {{"ok", true}, {"result", std::move(result)}}; }
 
@@ -121,58 +120,6 @@ json ExecuteRequest(Agent& agent, const ApiRequest& req, const EventFn& emit, co
   return ErrorJson(Status::Internal("op '" + o + "' passed parsing but has no handler"));
 }
 
-bool WriteLine(int fd, const json& j) {
-  std::string line = DumpJson(j) + "\n";  // messages quote CRIU's logs: any bytes at all
-  std::string_view rest = line;
-  while (!rest.empty()) {
-    ssize_t n = ::send(fd, rest.data(), rest.size(), MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    rest.remove_prefix(static_cast<size_t>(n));
-  }
-  return true;
-}
-
-// Reads one line (a request, or the freeze gate's answer), bounded in size and time.
-Result<std::string> ReadClientLine(int fd, int timeout_ms) {
-  std::string line;
-  char buf[4096];
-  while (line.find('\n') == std::string::npos) {
-    pollfd p{fd, POLLIN, 0};
-    int r = ::poll(&p, 1, timeout_ms);
-    if (r == 0) return Status::Timeout("nothing within " + std::to_string(timeout_ms / 1000) + " s");
-    if (r < 0 && errno == EINTR) continue;
-    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return Status::InvalidArgument("connection closed before a full request line");
-    line.append(buf, static_cast<size_t>(n));
-    if (line.size() > kMaxRequestBytes) return Status::InvalidArgument("request longer than 1 MiB");
-  }
-  line.resize(line.find('\n'));
-  return line;
-}
-
-void ServeClient(Agent& agent, int fd) {
-  UniqueFd client(fd);
-  struct ucred cred {};
-  socklen_t len = sizeof cred;
-  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.uid != 0) {
-    WriteLine(fd, ErrorJson(Status::FailedPrecondition("the Elsa agent serves root only")));
-    return;
-  }
-  auto line = ReadClientLine(fd, 30000);
-  if (!line.ok()) {
-    WriteLine(fd, ErrorJson(line.status()));
-    return;
-  }
-  json reply = HandleRequest(
-      agent, *line, [fd](const json& event) { WriteLine(fd, event); },
-      [fd](int timeout_ms) { return ReadClientLine(fd, timeout_ms); });
-  WriteLine(fd, reply);
-}
-
 }  // namespace
 
 Result<ApiRequest> ParseApiRequest(std::string_view line) {
@@ -270,30 +217,16 @@ Status ApiServer::Listen() {
 }
 
 void ApiServer::Serve(const std::atomic<bool>& stop) {
-  struct Client {
-    std::thread thread;
-    std::shared_ptr<std::atomic<bool>> done = std::make_shared<std::atomic<bool>>(false);
-  };
-  std::list<Client> clients;
-  while (!stop.load()) {
-    clients.remove_if([](Client& c) {
-      if (!c.done->load()) return false;
-      c.thread.join();
-      return true;
-    });
-    pollfd p{listen_fd_.get(), POLLIN, 0};
-    int r = ::poll(&p, 1, 200);
-    if (r <= 0) continue;
-    int fd = ::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd < 0) continue;
-    Client& c = clients.emplace_back();
-    c.thread = std::thread([this, fd, done = c.done] {
-      ServeClient(agent_, fd);
-      done->store(true);
-    });
-  }
-  // Long operations (a dump) finish before the agent goes away.
-  for (auto& c : clients) c.thread.join();
+  AcceptClients(listen_fd_.get(), stop, kMaxUnixClients, [this](UniqueFd fd) {
+    SocketConnection client(std::move(fd), kMaxRequestBytes);
+    struct ucred cred {};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(client.fd(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.uid != 0) {
+      (void)client.WriteLine(DumpJson(ErrorJson(Status::FailedPrecondition("the Elsa agent serves root only"))));
+      return;
+    }
+    ServeApiConnection(agent_, client, /*gate=*/{});  // root on the host: every op
+  });
 }
 
 }  // namespace elsa

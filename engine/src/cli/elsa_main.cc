@@ -46,12 +46,12 @@ std::string Joined(const json& arr) {
 
 class Cli {
  public:
-  Cli(std::string socket, bool json_out) : socket_(std::move(socket)), json_(json_out) {}
+  Cli(elsa::AgentEndpoint endpoint, bool json_out) : endpoint_(std::move(endpoint)), json_(json_out) {}
 
   // Sends a request; prints progress to stderr on a terminal. Exits non-zero on error.
   json Call(const json& request) {
     const bool show_progress = !json_ && ::isatty(2);
-    auto result = elsa::CallAgent(socket_, request, [&](const json& event) {
+    auto result = elsa::CallAgent(endpoint_, request, [&](const json& event) {
       if (show_progress && event.value("event", "") == "progress")
         std::fprintf(stderr, "  %-8s %s\n", event.value("phase", "").c_str(), event.value("detail", "").c_str());
     });
@@ -70,7 +70,7 @@ class Cli {
   void PrintJson(const nlohmann::json& j) const { std::cout << elsa::DumpJson(j, 2) << "\n"; }
 
  private:
-  std::string socket_;
+  elsa::AgentEndpoint endpoint_;
   bool json_;
 };
 
@@ -112,11 +112,25 @@ int main(int argc, char** argv) {
   CLI::App app{"elsa: checkpoint, restore and migrate running Jupyter sessions.\n"
                "Talks to the local agent (elsad), which must run as root."};
   app.require_subcommand(1);
-  const char* env_socket = std::getenv("ELSA_SOCKET");
-  std::string socket = env_socket ? env_socket : elsa::kDefaultSocketPath;
+  auto env_or = [](const char* name, std::string fallback) {
+    const char* value = std::getenv(name);
+    return value ? std::string(value) : fallback;
+  };
+  elsa::AgentEndpoint endpoint;
+  endpoint.socket_path = env_or("ELSA_SOCKET", elsa::kDefaultSocketPath);
+  endpoint.address = env_or("ELSA_AGENT", "");
+  endpoint.ca_file = env_or("ELSA_CA", "");
+  endpoint.cert_file = env_or("ELSA_CERT", "");
+  endpoint.key_file = env_or("ELSA_KEY", "");
+  std::string token_file = env_or("ELSA_TOKEN_FILE", "");
   bool json_out = false;
-  app.add_option("--socket", socket, "the agent's socket (default: $ELSA_SOCKET or " +
-                                         std::string(elsa::kDefaultSocketPath) + ")");
+  app.add_option("--socket", endpoint.socket_path, "the agent's socket (default: $ELSA_SOCKET or " +
+                                                       std::string(elsa::kDefaultSocketPath) + ")");
+  app.add_option("--agent", endpoint.address, "HOST:PORT of an agent's TLS API (elsad --api-listen; $ELSA_AGENT)");
+  app.add_option("--ca", endpoint.ca_file, "with --agent: the CA of the agent's certificate ($ELSA_CA)");
+  app.add_option("--cert", endpoint.cert_file, "with --agent: a client certificate (mutual TLS; $ELSA_CERT)");
+  app.add_option("--key", endpoint.key_file, "its private key ($ELSA_KEY)");
+  app.add_option("--token-file", token_file, "with --agent: a file holding a token of the agent's --api-tokens ($ELSA_TOKEN_FILE)");
   app.add_flag("--json", json_out, "print machine-readable JSON");
 
   std::string name, workdir, checkpoint_id;
@@ -173,7 +187,16 @@ int main(int argc, char** argv) {
     sub->add_flag("--json", json_out, "print machine-readable JSON");
   CLI11_PARSE(app, argc, argv);
 
-  Cli cli(socket, json_out);
+  if (!token_file.empty()) {
+    auto token = elsa::ReadClientToken(token_file);
+    if (!token.ok()) {
+      std::fprintf(stderr, "elsa: %s\n", token.status().message().c_str());
+      return 1;
+    }
+    endpoint.token = *token;
+  }
+  const std::string agent_name = endpoint.Describe();
+  Cli cli(std::move(endpoint), json_out);
   if (*run) {
     std::vector<std::string> env;
     for (char** e = environ; *e; ++e) env.emplace_back(*e);
@@ -289,7 +312,7 @@ int main(int argc, char** argv) {
     if (cli.json_output()) {
       cli.PrintJson(v);
     } else {
-      std::printf("agent: %s\nstate: %s\ncriu:  %s\npages: %llu unique, %s on disk\n", socket.c_str(),
+      std::printf("agent: %s\nstate: %s\ncriu:  %s\npages: %llu unique, %s on disk\n", agent_name.c_str(),
                   v["state_dir"].get<std::string>().c_str(),
                   v["criu"].is_string() ? v["criu"].get<std::string>().c_str()
                                         : v.value("criu_problem", "missing").c_str(),

@@ -13,6 +13,7 @@
 #include "elsa/engine/agent.h"
 #include "elsa/engine/peer_server.h"
 #include "elsa/engine/api.h"
+#include "elsa/engine/tls_api_server.h"
 #include "elsa/fd_io.h"
 #include "elsa/file_util.h"
 #include "elsa/log.h"
@@ -91,7 +92,18 @@ int main(int argc, char** argv) {
                  "or die (SIGKILL) between a checkpoint's dump and its commit (die-before-checkpoint-commit)")
       ->check(CLI::IsMember({"lose-committed", "hang-before-commit", "die-before-checkpoint-commit"}))
       ->group("");
+  elsa::TlsApiOptions tls_api;  // the API over TLS (README: "Reaching agents over the network")
+  app.add_option("--api-listen", tls_api.listen, "HOST:PORT where the API is also served, over TLS 1.3 (off by default)");
+  app.add_option("--api-cert", tls_api.cert_file, "the agent's TLS certificate (PEM; tools/elsa-ca issue)");
+  app.add_option("--api-key", tls_api.key_file, "its private key (PEM)");
+  app.add_option("--api-client-ca", tls_api.client_ca_file, "mutual TLS: clients present a certificate from this CA (scope hub)");
+  app.add_option("--api-admin-cn", tls_api.admin_names, "client certificate common names given scope admin (may run commands)");
+  app.add_option("--api-tokens", tls_api.tokens_file, "bearer tokens, lines SCOPE NAME TOKEN (mode 600)");
   CLI11_PARSE(app, argc, argv);
+  if (elsa::Status s = elsa::ValidateTlsApiOptions(tls_api); !s.ok()) {
+    std::fprintf(stderr, "elsad: %s\n", s.message().c_str());
+    return 2;
+  }
 
   // The agent's own lines, in its log (stderr, or STATE_DIR/elsad.log with --daemon), whole
   // lines in one write each so that threads' lines never interleave.
@@ -168,6 +180,16 @@ int main(int argc, char** argv) {
     }
     peers = std::move(*started);
     log.Info("other agents reach this one at " + listen + " (port " + std::to_string(peers->port()) + ")");
+  }
+  std::unique_ptr<elsa::TlsApiServer> tls_server;
+  if (tls_api.requested()) {
+    auto started = elsa::TlsApiServer::Start(agent, tls_api);
+    if (!started.ok()) {
+      log.Error("--api-listen " + tls_api.listen + ": " + started.status().message());
+      return 1;
+    }
+    tls_server = std::move(*started);
+    log.Info("serving the API over TLS at " + tls_api.listen + " (port " + std::to_string(tls_server->port()) + ")");
   }
   log.Info("serving " + socket_path + ", state in " + config.state_dir);
   if (ready_fd >= 0) {

@@ -1,5 +1,6 @@
-"""An asyncio client for elsad's API (JSON lines over its Unix socket), and the translation of the
-agent's progress events into phases with a percentage.
+"""An asyncio client for elsad's API (JSON lines over its Unix socket, or over TLS 1.3 with a token
+or a client certificate), and the translation of the agent's progress events into phases with a
+percentage.
 
 The agent answers one request per connection: zero or more `{"event": "progress", "phase",
 "detail"}` lines while it works, then `{"ok": true, "result": ...}` or `{"ok": false, "error":
@@ -8,6 +9,7 @@ The agent answers one request per connection: zero or more `{"event": "progress"
 
 import asyncio
 import json
+import ssl
 
 
 class AgentError(RuntimeError):
@@ -16,9 +18,38 @@ class AgentError(RuntimeError):
         super().__init__(f"elsad on {host}: {op} failed ({code}): {message}")
 
 
+_LINE_LIMIT = 64 * 2**20  # a reply lists every session or checkpoint
+
+
 class AgentClient:
     def __init__(self, host):
         self.host = host  # config.Host
+        self.where = host.api or host.socket
+
+    def _tls_context(self):
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.host.ca)  # verifies name and chain
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        if self.host.cert:
+            ctx.load_cert_chain(self.host.cert, self.host.key)
+        return ctx
+
+    def _token(self):
+        """The hub's token (read at each call: an operator may rotate the file)."""
+        if not self.host.token_file:
+            return None
+        with open(self.host.token_file) as f:
+            return f.readline().strip()
+
+    async def _connect(self, request):
+        if not self.host.api:
+            return await asyncio.open_unix_connection(self.host.socket, limit=_LINE_LIMIT)
+        host, _, port = self.host.api[len("tls://"):].rpartition(":")
+        host = host.strip("[]")
+        token = self._token()
+        if token:
+            request["token"] = token
+        return await asyncio.open_connection(host, int(port), ssl=self._tls_context(), server_hostname=host,
+                                             limit=_LINE_LIMIT)
 
     async def call(self, op, on_event=None, timeout=900, on_freeze_gate=None, **fields):
         """`on_freeze_gate` (migrate): awaited when the agent is about to freeze the session; it
@@ -27,12 +58,16 @@ class AgentClient:
         if on_freeze_gate is not None:
             request["freeze_gate"] = True
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(self.host.socket, limit=64 * 2**20), 10)
+            reader, writer = await asyncio.wait_for(self._connect(request), 10)
+        except ssl.SSLCertVerificationError as e:
+            raise AgentError(self.host.name, op, "unauthenticated",
+                             f"the agent at {self.where} presented a certificate that does not verify against "
+                             f"{self.host.ca}: {e.verify_message}") from None
         except (OSError, asyncio.TimeoutError) as e:
+            how = "--api-listen" if self.host.api else "as root, with this --socket"
             raise AgentError(self.host.name, op, "unavailable",
-                             f"cannot reach the agent at {self.host.socket} ({e or 'timeout'}); is elsad running there "
-                             "(as root, with this --socket)?") from None
+                             f"cannot reach the agent at {self.where} ({e or 'timeout'}); is elsad running there "
+                             f"({how})?") from None
         try:
             writer.write((json.dumps(request) + "\n").encode())
             await writer.drain()
@@ -57,9 +92,15 @@ class AgentClient:
                 if msg.get("ok"):
                     return msg.get("result", {})
                 err = msg.get("error", {})
-                raise AgentError(self.host.name, op, err.get("code", "?"), err.get("message", str(msg)))
+                message = err.get("message", str(msg))
+                if err.get("code") == "unauthenticated" and self.host.api:
+                    message = f"the agent at {self.where} refused the hub's credentials: {message}"
+                raise AgentError(self.host.name, op, err.get("code", "?"), message)
         except asyncio.TimeoutError:
             raise AgentError(self.host.name, op, "timeout", f"no answer within {timeout} s") from None
+        except ssl.SSLError as e:  # TLS 1.3: the agent's verdict on our certificate arrives with the first read
+            raise AgentError(self.host.name, op, "unauthenticated",
+                             f"the agent at {self.where} refused the TLS connection: {e.reason or e}") from None
         finally:
             writer.close()
 

@@ -15,10 +15,15 @@ process): one JSON file, so the two never disagree about hosts, ports or policie
       "checkpoint_after_s": 0
     }
 
-`socket` is the host's elsad API socket as the hub machine sees it (the agent serves root only,
-over a Unix socket: on real machines, forward it, e.g. `ssh -nNT -L /run/elsa/h1.sock:/run/elsa/
-elsad.sock root@h1`); `address` is where the host's sessions answer and where its elsad listens
-for migrations (`elsad --listen ADDRESS`).
+Each host's agent is reached one of two ways:
+- `"api": "tls://10.0.0.1:7443"`: the agent's API over TLS 1.3 (`elsad --api-listen`), with
+  `"ca"` (the CA of the agent's certificate, which must name that address) and the hub's
+  credentials: `"token_file"` (a token of the agent's --api-tokens, scope hub) and/or `"cert"`
+  and `"key"` (a client certificate from the agent's --api-client-ca). No tunnels needed.
+- `"socket"`: the agent's Unix socket as the hub machine sees it (root only; a local agent, or
+  one forwarded with `ssh -nNT -L /run/elsa/h1.sock:/run/elsa/elsad.sock root@h1`).
+`address` is where the host's sessions answer and where its elsad listens for migrations
+(`elsad --listen ADDRESS`).
 """
 
 import dataclasses
@@ -36,8 +41,13 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Host:
     name: str
-    socket: str
-    address: str
+    socket: str = ""       # the agent's Unix socket, or
+    address: str = ""
+    api: str = ""          # tls://HOST:PORT of its TLS API, with:
+    ca: str = ""           #   the CA of the agent's certificate
+    cert: str = ""         #   the hub's client certificate and key (mutual TLS), and/or
+    key: str = ""
+    token_file: str = ""   #   a file holding the hub's token
     peer_port: int = 7077
     capacity_mib: int = 0  # 0: not set (no rightsizing for this host)
     size: str = ""         # a label users may ask for ("small", "large", "gpu", ...)
@@ -76,6 +86,23 @@ class HubConfig:
         return os.path.join(self.state_dir, "home", username)
 
 
+def _check_reach(host, where):
+    if not host.address:
+        raise ConfigError(f"{where}: needs 'address' (where its sessions answer)")
+    if bool(host.socket) == bool(host.api):
+        raise ConfigError(f"{where}: give exactly one of 'socket' (a Unix socket) and 'api' (tls://HOST:PORT)")
+    if not host.api:
+        return
+    if not re.fullmatch(r"tls://(\[[0-9A-Fa-f:.]+\]|[^:/\[\]]+):[0-9]{1,5}", host.api):
+        raise ConfigError(f"{where}: 'api' must be tls://HOST:PORT, not {host.api!r} (plain TCP is never offered)")
+    if not host.ca:
+        raise ConfigError(f"{where}: 'api' needs 'ca', the CA of the agent's certificate")
+    if bool(host.cert) != bool(host.key):
+        raise ConfigError(f"{where}: a client certificate needs both 'cert' and 'key'")
+    if not host.cert and not host.token_file:
+        raise ConfigError(f"{where}: 'api' needs the hub's credentials: 'token_file' and/or 'cert' and 'key'")
+
+
 def load(path=None):
     path = path or os.environ.get("ELSA_HUB_CONFIG", DEFAULT_CONFIG)
     try:
@@ -99,6 +126,7 @@ def parse(raw, where="config"):
             raise ConfigError(f"{where}: host #{i + 1}: {e}") from None
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", host.name):
             raise ConfigError(f"{where}: host name {host.name!r}: letters, digits, '.', '_', '-' only")
+        _check_reach(host, f"{where}: host {host.name!r}")
         hosts.append(host)
     if len({h.name for h in hosts}) != len(hosts):
         raise ConfigError(f"{where}: host names must be unique")

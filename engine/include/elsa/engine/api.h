@@ -1,4 +1,6 @@
-// The agent's API: JSON lines over a Unix stream socket (root only).
+// The agent's API: JSON lines over a Unix stream socket (root only, every op), and, with
+// `elsad --api-listen`, over TCP with TLS 1.3 for the hub and `elsa --agent HOST:PORT`
+// (elsa/engine/tls_api_server.h: mutual TLS and/or bearer tokens, each client with a scope).
 //
 // A client sends one request object on one line, e.g. {"op":"checkpoint","name":"alice"}.
 // The agent answers with zero or more event lines {"event":"progress","phase":..,"detail":..,
@@ -13,6 +15,13 @@
 // pre-copy is done and the agent is about to freeze the session; the client answers on the same
 // connection with {"freeze": true} to go on, or anything else ({"freeze": false, "reason": ..})
 // to cancel with the session still running. No answer within kFreezeGateSeconds cancels too.
+//
+// Over TLS, a client with a token sends it in the request object's "token" field (a connection
+// carries one request); the agent checks it, then the client's scope (elsa/engine/api_auth.h),
+// before anything else: {"ok":false,"error":{"code":"unauthenticated",..}} for a token or
+// certificate it does not know, "permission_denied" for an op beyond the client's scope. The
+// freeze gate's answer needs no token. A client speaking plain text gets one plain JSON error
+// line; nothing is served without TLS.
 #pragma once
 
 #include <atomic>
@@ -90,9 +99,27 @@ class ApiServer {
   UniqueFd listen_fd_;
 };
 
+// Where a client finds the agent: its Unix socket, or its TLS API.
+struct AgentEndpoint {
+  std::string socket_path = kDefaultSocketPath;  // used when `address` is empty
+  std::string address;    // HOST:PORT of elsad --api-listen; the certificate must name HOST
+  std::string ca_file;    // the CA the agent's certificate comes from (required with `address`)
+  std::string cert_file;  // the client's certificate and key (mutual TLS), or none
+  std::string key_file;
+  std::string token;      // bearer token, or none
+  std::string Describe() const { return address.empty() ? socket_path : address; }
+};
+
+// The token in `path`: its first line, blanks around it removed.
+Result<std::string> ReadClientToken(const std::string& path);
+
 // Client: sends `request`, passes events to `on_event`, returns the final result object.
 // Unavailable (with instructions to start the agent) when nothing listens on `socket_path`.
 Result<nlohmann::json> CallAgent(const std::string& socket_path, const nlohmann::json& request,
+                                 const EventFn& on_event = {});
+// The same over the endpoint's transport; over TLS, errors say which side refused what (the
+// agent's certificate, the client's, the token, the scope).
+Result<nlohmann::json> CallAgent(const AgentEndpoint& endpoint, const nlohmann::json& request,
                                  const EventFn& on_event = {});
 
 }  // namespace elsa
