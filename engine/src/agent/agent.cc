@@ -17,6 +17,7 @@
 #include "migrate/frozen_copy.h"
 #include "migrate/host.h"
 #include "migrate/source.h"
+#include "agent/agent_metrics.h"
 #include "agent/session_record.h"
 #include "session/session_monitor.h"
 #include "store/checkpoint_pages.h"
@@ -121,7 +122,10 @@ peer::Outcome Agent::Host::IncomingOutcome(const std::string& name) {
 }
 
 Agent::Agent(AgentConfig config)
-    : config_(std::move(config)), store_(config_.state_dir + "/checkpoints", config_.log), host_(std::make_unique<Host>(*this)) {}
+    : config_(std::move(config)),
+      store_(config_.state_dir + "/checkpoints", config_.log),
+      host_(std::make_unique<Host>(*this)),
+      metrics_(std::make_unique<AgentMetrics>([this] { return MetricsGauges(); })) {}
 
 Agent::~Agent() {
   // A migration still asking where its session runs leaves it frozen: two copies running would
@@ -173,6 +177,25 @@ Status Agent::Open() {
 }
 
 Result<std::string> Agent::CriuBinary() const { return CriuDriver::Locate(config_.criu); }
+
+AgentGauges Agent::MetricsGauges() {
+  AgentGauges g;
+  for (const SessionInfo& s : Sessions()) g.sessions[static_cast<size_t>(s.state)] += 1;
+  if (Result<std::vector<Manifest>> all = store_.List(); all.ok()) {
+    g.checkpoints = static_cast<double>(all->size());
+    g.checkpoint_pages = 0;
+    for (const Manifest& m : *all)
+      if (m.pages_in_store) g.checkpoint_pages += static_cast<double>(m.pages);
+  }
+  if (pages_) {  // Open() made it
+    const PageStoreReport stats = PageStoreStats();
+    g.unique_pages = static_cast<double>(stats.unique_pages);
+    g.stored_bytes = static_cast<double>(stats.stored_bytes);
+  }
+  return g;
+}
+
+std::string Agent::RenderMetrics() { return metrics_->Render(); }
 
 std::string Agent::LogPathFor(const std::string& name) const {
   return config_.state_dir + "/sessions/" + name + ".log";
@@ -520,6 +543,7 @@ Result<CheckpointReport> Agent::Checkpoint(const std::string& name, bool leave_r
     return out;
   }();
   ClearBusy(serial);
+  metrics_->CheckpointEnded(report);
   if (!report.ok()) return report.status().WithContext("checkpoint of session '" + name + "'");
   return report;
 }
@@ -531,7 +555,9 @@ Result<RestoreReport> Agent::Restore(const std::string& checkpoint_id, const Res
   ELSA_RETURN_IF_ERROR(ValidateIdentifier("session name", name));
   ELSA_ASSIGN_OR_RETURN(NameReservation reserved,
                         NameReservation::Take(*host_, name).WithContext("restore under another name with --name"));
-  return RestoreReserved(checkpoint_id, name, manifest, options.lazy, progress);
+  Result<RestoreReport> restored = RestoreReserved(checkpoint_id, name, manifest, options.lazy, progress);
+  metrics_->RestoreEnded(options.lazy, restored.ok());
+  return restored;
 }
 
 Result<RestoreReport> Agent::RestoreReserved(const std::string& checkpoint_id, const std::string& name,
@@ -667,9 +693,29 @@ void Agent::FinishPagingIn(uint64_t serial, std::unique_ptr<LazyPageSupply> supp
 
 Result<MigrateReport> Agent::Migrate(const std::string& name, const MigrateOptions& options,
                                      const ProgressFn& progress) {
-  return MigrationSource(*host_, name, options, progress).Run();
+  MigrationSource source(*host_, name, options, progress);
+  Result<MigrateReport> report = source.Run();
+  if (!source.report().session.empty()) {  // it took the session: a migration, not a refused request
+    const MigrationResult result = report.ok()                                     ? MigrationResult::kOk
+                                   : report.status().code() == StatusCode::kCancelled ? MigrationResult::kCancelled
+                                   : source.rolled_back()                          ? MigrationResult::kRolledBack
+                                                                                   : MigrationResult::kError;
+    metrics_->MigrationEnded(options.mode, result, source.report());
+  }
+  return report;
 }
 
-Status Agent::AcceptMigration(transport::Channel& channel) { return MigrationDestination(*host_, channel).Run(); }
+Status Agent::AcceptMigration(transport::Channel& channel) {
+  MigrationDestination incoming(*host_, channel);
+  Status status = incoming.Run();
+  switch (incoming.ending()) {
+    case MigrationDestination::Ending::kNone: break;  // a question about an earlier one
+    case MigrationDestination::Ending::kCommitted: metrics_->IncomingMigrationEnded(IncomingResult::kOk); break;
+    case MigrationDestination::Ending::kKept: metrics_->IncomingMigrationEnded(IncomingResult::kKept); break;
+    case MigrationDestination::Ending::kRefused: metrics_->IncomingMigrationEnded(IncomingResult::kRefused); break;
+    case MigrationDestination::Ending::kEnded: metrics_->IncomingMigrationEnded(IncomingResult::kEnded); break;
+  }
+  return status;
+}
 
 }  // namespace elsa

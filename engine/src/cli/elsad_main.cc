@@ -16,6 +16,7 @@
 #include "elsa/fd_io.h"
 #include "elsa/file_util.h"
 #include "elsa/log.h"
+#include "elsa/metrics_http.h"
 
 #ifndef ELSA_DEFAULT_CRIU_PREFIX
 #define ELSA_DEFAULT_CRIU_PREFIX ""
@@ -90,6 +91,14 @@ int main(int argc, char** argv) {
                  "B's `committed` is lost with the connection; hang-before-commit: wait 120 s before `commit`)")
       ->check(CLI::IsMember({"lose-committed", "hang-before-commit"}))
       ->group("");
+  // Metrics tell how many users a host serves and when their sessions move: loopback unless the
+  // operator opens them up (README, "The agent's metrics").
+  int metrics_port = 0;
+  std::string metrics_ip = "127.0.0.1";
+  app.add_option("--metrics-port", metrics_port, "port serving Prometheus metrics at GET /metrics (default: none)")
+      ->check(CLI::Range(1, 65535));
+  app.add_option("--metrics-ip", metrics_ip, "address of --metrics-port (loopback: the metrics describe users' sessions)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   // The agent's own lines, in its log (stderr, or STATE_DIR/elsad.log with --daemon), whole
@@ -167,6 +176,17 @@ int main(int argc, char** argv) {
     }
     peers = std::move(*started);
     log.Info("other agents reach this one at " + listen + " (port " + std::to_string(peers->port()) + ")");
+  }
+  std::unique_ptr<elsa::MetricsHttpServer> metrics;  // stops before the agent it reads goes
+  if (metrics_port) {
+    auto started = elsa::MetricsHttpServer::Start(metrics_ip, static_cast<uint16_t>(metrics_port),
+                                                  [&agent] { return agent.RenderMetrics(); }, log.With("op", "metrics"));
+    if (!started.ok()) {
+      log.Error("--metrics-ip/--metrics-port: " + started.status().message());
+      return 1;
+    }
+    metrics = std::move(*started);
+    log.Info("Prometheus metrics at http://" + metrics_ip + ":" + std::to_string(metrics->port()) + "/metrics");
   }
   log.Info("serving " + socket_path + ", state in " + config.state_dir);
   if (ready_fd >= 0) {
