@@ -1,128 +1,14 @@
-// Prometheus metrics for elsa-proxy: counters, gauges and histograms whose values are atomics
-// (every worker thread updates them without a lock), a registry that renders them in the text
-// exposition format 0.0.4 for GET /metrics, and ProxyMetrics, the proxy's own set.
-//
-// No I/O: the metrics listener (http_session.cc) serves what Render() returns.
+// ProxyMetrics, elsa-proxy's own set of Prometheus metrics, on the common registry
+// (elsa/metrics.h). The metrics listener (http_session.cc) serves what the registry renders.
 #pragma once
 
 #include <array>
-#include <atomic>
 #include <chrono>
-#include <cstdint>
-#include <functional>
-#include <memory>
-#include <mutex>
-#include <string>
-#include <string_view>
-#include <utility>
-#include <variant>
-#include <vector>
+#include <cstddef>
+
+#include "elsa/metrics.h"
 
 namespace elsa::proxy {
-
-// Metric names are [a-zA-Z_:][a-zA-Z0-9_:]*; label names the same without ':' ("le" is the
-// histograms').
-bool IsValidMetricName(std::string_view name);
-bool IsValidLabelName(std::string_view name);
-
-class Counter {
- public:
-  void Increment(uint64_t n = 1) { value_.fetch_add(n, std::memory_order_relaxed); }
-  uint64_t value() const { return value_.load(std::memory_order_relaxed); }
-
- private:
-  std::atomic<uint64_t> value_{0};
-};
-
-class Gauge {
- public:
-  // Counts one thing for as long as it lives (a connection, a websocket): a gauge kept by
-  // holds cannot drift, however the thing ends.
-  class Hold {
-   public:
-    Hold() = default;
-    explicit Hold(Gauge& gauge) : gauge_(&gauge) { gauge_->Add(1); }
-    Hold(Hold&& other) noexcept : gauge_(std::exchange(other.gauge_, nullptr)) {}
-    Hold& operator=(Hold&& other) noexcept {
-      if (this != &other) {
-        Release();
-        gauge_ = std::exchange(other.gauge_, nullptr);
-      }
-      return *this;
-    }
-    Hold(const Hold&) = delete;
-    Hold& operator=(const Hold&) = delete;
-    ~Hold() { Release(); }
-    void Release() {
-      if (gauge_) std::exchange(gauge_, nullptr)->Add(-1);
-    }
-
-   private:
-    Gauge* gauge_ = nullptr;
-  };
-
-  void Add(int64_t n) { value_.fetch_add(n, std::memory_order_relaxed); }
-  int64_t value() const { return value_.load(std::memory_order_relaxed); }
-
- private:
-  std::atomic<int64_t> value_{0};
-};
-
-class Histogram {
- public:
-  // `upper_bounds`: ascending, finite; the +Inf bucket is implied.
-  explicit Histogram(std::vector<double> upper_bounds);
-  void Observe(double value);
-
-  struct Snapshot {
-    std::vector<uint64_t> cumulative;  // one per upper bound, then +Inf (== the count)
-    double sum = 0;
-  };
-  // Buckets are read one by one while other threads observe; the count is taken from the
-  // buckets read, so +Inf and _count always agree.
-  Snapshot Read() const;
-  const std::vector<double>& upper_bounds() const { return upper_bounds_; }
-
- private:
-  const std::vector<double> upper_bounds_;
-  std::vector<std::atomic<uint64_t>> buckets_;  // not cumulative; the last one is +Inf
-  std::atomic<double> sum_{0};
-};
-
-class MetricsRegistry {
- public:
-  using Labels = std::vector<std::pair<std::string, std::string>>;
-
-  // Samples registered under one name make one family (one HELP and TYPE, then its samples),
-  // so a name must keep its type. Returned references live as long as the registry.
-  Counter& AddCounter(std::string name, std::string help, Labels labels = {});
-  Gauge& AddGauge(std::string name, std::string help, Labels labels = {});
-  // A gauge read when scraped, from a source that already knows its value (the route table).
-  void AddGaugeFunction(std::string name, std::string help, std::function<double()> read);
-  Histogram& AddHistogram(std::string name, std::string help, std::vector<double> upper_bounds);
-
-  // The text exposition format, version 0.0.4; families in the order they were registered.
-  std::string Render() const;
-
- private:
-  enum class Type { kCounter, kGauge, kHistogram };
-  using Source = std::variant<std::unique_ptr<Counter>, std::unique_ptr<Gauge>, std::function<double()>,
-                              std::unique_ptr<Histogram>>;
-  struct Sample {
-    Labels labels;
-    Source source;
-  };
-  struct Family {
-    std::string name;
-    std::string help;
-    Type type;
-    std::vector<Sample> samples;
-  };
-  Sample& Add(std::string name, std::string help, Type type, Labels labels, Source source);
-
-  mutable std::mutex mu_;  // registration against scrapes; the values themselves are atomics
-  std::vector<Family> families_;
-};
 
 // Why elsa-proxy answered an error itself, or gave a connection up (reason="..." of
 // elsa_proxy_errors_total).

@@ -17,6 +17,7 @@
 #include "elsa/fd_io.h"
 #include "elsa/file_util.h"
 #include "elsa/log.h"
+#include "elsa/metrics_http.h"
 
 #ifndef ELSA_DEFAULT_CRIU_PREFIX
 #define ELSA_DEFAULT_CRIU_PREFIX ""
@@ -99,6 +100,14 @@ int main(int argc, char** argv) {
   app.add_option("--api-client-ca", tls_api.client_ca_file, "mutual TLS: clients present a certificate from this CA (scope hub)");
   app.add_option("--api-admin-cn", tls_api.admin_names, "client certificate common names given scope admin (may run commands)");
   app.add_option("--api-tokens", tls_api.tokens_file, "bearer tokens, lines SCOPE NAME TOKEN (mode 600)");
+  // Metrics tell how many users a host serves and when their sessions move: loopback unless the
+  // operator opens them up (README, "The agent's metrics").
+  int metrics_port = 0;
+  std::string metrics_ip = "127.0.0.1";
+  app.add_option("--metrics-port", metrics_port, "port serving Prometheus metrics at GET /metrics (default: none)")
+      ->check(CLI::Range(1, 65535));
+  app.add_option("--metrics-ip", metrics_ip, "address of --metrics-port (loopback: the metrics describe users' sessions)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   if (elsa::Status s = elsa::ValidateTlsApiOptions(tls_api); !s.ok()) {
     std::fprintf(stderr, "elsad: %s\n", s.message().c_str());
@@ -190,6 +199,17 @@ int main(int argc, char** argv) {
     }
     tls_server = std::move(*started);
     log.Info("serving the API over TLS at " + tls_api.listen + " (port " + std::to_string(tls_server->port()) + ")");
+  }
+  std::unique_ptr<elsa::MetricsHttpServer> metrics;  // stops before the agent it reads goes
+  if (metrics_port) {
+    auto started = elsa::MetricsHttpServer::Start(metrics_ip, static_cast<uint16_t>(metrics_port),
+                                                  [&agent] { return agent.RenderMetrics(); }, log.With("op", "metrics"));
+    if (!started.ok()) {
+      log.Error("--metrics-ip/--metrics-port: " + started.status().message());
+      return 1;
+    }
+    metrics = std::move(*started);
+    log.Info("Prometheus metrics at http://" + metrics_ip + ":" + std::to_string(metrics->port()) + "/metrics");
   }
   log.Info("serving " + socket_path + ", state in " + config.state_dir);
   if (ready_fd >= 0) {

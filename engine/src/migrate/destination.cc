@@ -67,10 +67,17 @@ Status MigrationDestination::Run() {
   if (first_.ok())
     if (const auto* asked = std::get_if<peer::Resolve>(&*first_)) return AnswerResolve(*asked);
   Status st = Steps();
-  if (st.ok()) return st;
+  if (st.ok()) {
+    ending_ = Ending::kCommitted;
+    return st;
+  }
   // Once a tree runs here (even if `restored` never reached the source), it is decided here: a
   // complete one stays, an incomplete one ends.
-  if (restored_pid_ > 0) return complete_ ? KeepCopy(st) : EndCopy(st);
+  if (restored_pid_ > 0) {
+    ending_ = complete_ ? Ending::kKept : Ending::kEnded;
+    return complete_ ? KeepCopy(st) : EndCopy(st);
+  }
+  ending_ = Ending::kRefused;
   return Refuse(st);
 }
 

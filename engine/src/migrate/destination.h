@@ -36,6 +36,11 @@ class MigrationDestination {
 
   Status Run();
 
+  // How Run() ended, for the agent's metrics: an answer to a source asking where a session runs
+  // is no migration (kNone).
+  enum class Ending { kNone, kCommitted, kKept, kRefused, kEnded };
+  Ending ending() const { return ending_; }
+
  private:
   Status Steps();
   Status Begin();          // `begin`: the name reserved, the memory checked, where images go; `ready`
@@ -70,6 +75,7 @@ class MigrationDestination {
   std::shared_ptr<ChannelForWants> wants_;
   std::shared_ptr<PostcopyPages> source_;  // post-copy: what the lazy server answers from
   std::unique_ptr<PeerReader> reader_;     // post-copy: feeds source_ from the channel
+  Ending ending_ = Ending::kNone;
 };
 
 }  // namespace elsa

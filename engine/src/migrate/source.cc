@@ -430,6 +430,7 @@ void MigrationSource::Finish() {
 }
 
 Status MigrationSource::RollBack(const Status& why) {
+  rolled_back_ = true;
   pusher_.reset();
   if (channel_) (void)channel_->Send(peer::EncodeControl(peer::Abort{why.message()}), 0);
   if (Status resumed = stopped_->Resume(); !resumed.ok()) log_.Error("resuming the session: " + resumed.ToString());

@@ -35,6 +35,12 @@ class MigrationSource {
 
   Result<MigrateReport> Run();
 
+  // After Run(), for the agent's metrics: what was measured, also of a migration that failed (its
+  // `session` is empty if it never took the session), and whether a failure resumed the session
+  // here (otherwise it was left frozen until the destination answers).
+  const MigrateReport& report() const { return out_; }
+  bool rolled_back() const { return rolled_back_; }
+
  private:
   using Clock = std::chrono::steady_clock;
 
@@ -85,6 +91,7 @@ class MigrationSource {
   std::optional<LazyPlan> plan_;
   std::unique_ptr<class PostcopyPusher> pusher_;
   MigrateReport out_;
+  bool rolled_back_ = false;
 };
 
 }  // namespace elsa

@@ -32,6 +32,8 @@ namespace elsa {
 
 struct StartedMonitor;
 struct SessionExit;
+class AgentMetrics;
+struct AgentGauges;
 class CheckpointPages;
 class LazyPageSupply;
 
@@ -144,11 +146,17 @@ class Agent {
 
   const AgentConfig& config() const { return config_; }
 
+  // Prometheus text format 0.0.4 (elsad --metrics-port): what this agent counted, and its
+  // sessions and store as they are now.
+  std::string RenderMetrics();
+
  private:
   struct Session;
   class Host;  // the MigrationHost the migration's steps see (agent.cc)
 
   std::string LogPathFor(const std::string& name) const;
+  // What a metrics scrape reads of the sessions and the store, now.
+  AgentGauges MetricsGauges();
   // Registers a running tree (started or restored) under `info.name` and supervises it.
   // Called with mu_ held; an exited session of the same name is replaced, and handed back in
   // `replaced` so it can be destroyed after the lock is released.
@@ -199,6 +207,7 @@ class Agent {
   CheckpointStore store_;
   std::unique_ptr<CheckpointPages> pages_;
   std::unique_ptr<Host> host_;
+  std::unique_ptr<AgentMetrics> metrics_;  // reads the agent when scraped: declared after what it reads
   UniqueFd state_lock_;  // flock of STATE_DIR/elsad.lock, for as long as this agent lives
 
   mutable std::mutex mu_;
