@@ -202,3 +202,10 @@ def test_the_agent_refuses_a_token_file_others_can_read(bin_dir, creds, agent_fa
     os.chmod(creds.tokens, 0o644)
     with pytest.raises(RuntimeError, match="chmod 600"):
         agent_factory(criu_prefix=os.environ.get("ELSA_CRIU_PREFIX"), extra_args=tls_flags(creds, free_port()))
+
+
+def test_the_agent_refuses_a_private_key_others_can_read(bin_dir, creds, agent_factory):
+    key = tls_flags(creds, 0)[tls_flags(creds, 0).index("--api-key") + 1]
+    os.chmod(key, 0o644)
+    with pytest.raises(RuntimeError, match="--api-key .* chmod 600"):
+        agent_factory(criu_prefix=os.environ.get("ELSA_CRIU_PREFIX"), extra_args=tls_flags(creds, free_port()))

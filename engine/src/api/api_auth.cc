@@ -96,14 +96,20 @@ Result<ApiTokens> ApiTokens::Parse(std::string_view text, std::string_view where
   return tokens;
 }
 
-Result<ApiTokens> ApiTokens::Load(const std::string& path) {
+Status CheckSecretFile(const std::string& path, std::string_view what) {
   struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) return Status::FromErrno("token file " + path, errno);
+  const std::string named = std::string(what) + " " + path;
+  if (::stat(path.c_str(), &st) != 0) return Status::FromErrno(named, errno);
   if ((st.st_mode & 077) != 0)
-    return Status::FailedPrecondition("token file " + path + " is open to group or others; chmod 600 " + path);
+    return Status::FailedPrecondition(named + " is open to group or others; chmod 600 " + path);
   if (st.st_uid != ::geteuid())
-    return Status::FailedPrecondition("token file " + path + " belongs to uid " + std::to_string(st.st_uid) +
+    return Status::FailedPrecondition(named + " belongs to uid " + std::to_string(st.st_uid) +
                                       ", not to the agent's user");
+  return Status::Ok();
+}
+
+Result<ApiTokens> ApiTokens::Load(const std::string& path) {
+  ELSA_RETURN_IF_ERROR(CheckSecretFile(path, "token file"));
   ELSA_ASSIGN_OR_RETURN(std::string text, ReadFile(path, kMaxTokenFileBytes));
   return Parse(text, path);
 }

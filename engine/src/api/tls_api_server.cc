@@ -11,6 +11,7 @@
 
 #include "api/tls_connection.h"
 #include "elsa/engine/api.h"
+#include "elsa/engine/api_auth.h"
 #include "elsa/json_reader.h"
 
 namespace elsa {
@@ -112,6 +113,7 @@ void ServeTlsClient(const TlsApiServer::State& state, UniqueFd fd) {
 Status LoadCredentials(SSL_CTX* ctx, const TlsApiOptions& options, bool tokens_too) {
   if (SSL_CTX_use_certificate_chain_file(ctx, options.cert_file.c_str()) != 1)
     return Status::InvalidArgument("--api-cert " + options.cert_file + ": " + TakeOpenSslErrors());
+  ELSA_RETURN_IF_ERROR(CheckSecretFile(options.key_file, "--api-key"));
   if (SSL_CTX_use_PrivateKey_file(ctx, options.key_file.c_str(), SSL_FILETYPE_PEM) != 1)
     return Status::InvalidArgument("--api-key " + options.key_file + ": " + TakeOpenSslErrors());
   if (SSL_CTX_check_private_key(ctx) != 1)

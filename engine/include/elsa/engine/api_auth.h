@@ -38,6 +38,10 @@ struct ApiClient {
 // needs admin") unless the client's scope allows it.
 Status CheckScope(const ApiClient& client, std::string_view op);
 
+// A file holding a secret (token file, private key): refused when group or others may read it,
+// or when it is not the agent's user's.
+Status CheckSecretFile(const std::string& path, std::string_view what);
+
 class ApiTokens {
  public:
   // Refuses a file others may read or one not owned by this user (see the format above).
