@@ -122,6 +122,7 @@ json ToJson(const MigrateReport& r) {
            {{"dumped", r.pages_dumped},
             {"deduplicated", r.pages_deduplicated},
             {"lazy", r.pages_lazy},
+            {"in_images", r.pages_in_images},
             {"postcopy", r.pages_postcopy},
             {"faulted", r.pages_faulted}}}};
 }

@@ -14,6 +14,7 @@ uint64_t PostcopyAddress(uint32_t task, uint64_t vaddr) { return (static_cast<ui
 
 Result<LazyPlan> LazyPlan::FromImages(const std::string& images_dir, uint64_t max_pages) {
   std::map<uint64_t, std::vector<page_server::PagemapEntry>> lazy_by_pid;
+  uint64_t in_images = 0;
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(images_dir, ec)) {
     const std::string name = entry.path().filename();
@@ -26,12 +27,17 @@ Result<LazyPlan> LazyPlan::FromImages(const std::string& images_dir, uint64_t ma
     ELSA_ASSIGN_OR_RETURN(page_server::PagemapImage image,
                           page_server::DecodePagemapImage({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()})
                               .WithContext(name));
-    for (const auto& e : image.entries)
-      if (e.flags & page_server::kPeLazy) lazy_by_pid[pid].push_back(e);
+    for (const auto& e : image.entries) {
+      if (e.flags & page_server::kPeLazy)
+        lazy_by_pid[pid].push_back(e);
+      else if (e.flags & page_server::kPePresent)
+        in_images += e.nr_pages;
+    }
   }
   if (ec) return Status::IoError("list " + images_dir + ": " + ec.message());
 
   LazyPlan plan;
+  plan.pages_in_images_ = in_images;
   for (auto& [pid, entries] : lazy_by_pid) {
     const auto task = static_cast<uint32_t>(plan.pids_.size());
     plan.pids_.push_back(pid);

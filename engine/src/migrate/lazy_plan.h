@@ -40,6 +40,9 @@ class LazyPlan {
   const std::vector<uint64_t>& pids() const { return pids_; }  // by task: pids in the images
   const std::vector<Run>& runs() const { return runs_; }
   uint64_t pages() const { return pages_; }
+  // Pages the dump wrote into the images instead (stacks, vDSO, any mapping CRIU will not serve
+  // lazily): they cross during the downtime.
+  uint64_t pages_in_images() const { return pages_in_images_; }
   std::optional<uint32_t> TaskOf(uint64_t pid) const;
   std::optional<Place> Locate(uint32_t task, uint64_t vaddr) const;
 
@@ -48,6 +51,7 @@ class LazyPlan {
   std::vector<Run> runs_;  // by task, then vaddr
   std::vector<size_t> task_first_run_;  // per task, index of its first run; one past the end last
   uint64_t pages_ = 0;
+  uint64_t pages_in_images_ = 0;
 };
 
 }  // namespace elsa

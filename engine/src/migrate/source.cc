@@ -256,6 +256,7 @@ Status MigrationSource::Freeze() {
     ELSA_ASSIGN_OR_RETURN(LazyPlan plan, LazyPlan::FromImages(dump_dir_.path()));
     plan_.emplace(std::move(plan));
     out_.pages_lazy = plan_->pages();
+    out_.pages_in_images = plan_->pages_in_images();
   }
   return Status::Ok();
 }

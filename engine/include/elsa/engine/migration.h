@@ -56,6 +56,7 @@ struct MigrateReport {
   uint64_t pages_dumped = 0;
   uint64_t pages_deduplicated = 0;  // pages B already held: not sent again (a hash instead)
   uint64_t pages_lazy = 0;          // pages B's session got after it started running
+  uint64_t pages_in_images = 0;     // post-copy: pages a lazy dump still wrote (sent while frozen)
   uint64_t pages_postcopy = 0;      // post-copy: lazy pages pushed as bytes
   uint64_t pages_faulted = 0;       // post-copy: of those, sent first because B's session waited
 };
