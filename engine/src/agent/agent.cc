@@ -463,15 +463,36 @@ Result<MigrateReport> Agent::Migrate(const std::string& name, const MigrateOptio
 }
 
 Status Agent::AcceptMigration(transport::Channel& channel) {
-  MigrationDestination incoming(*host_, channel);
-  Status status = incoming.Run();
-  switch (incoming.ending()) {
-    case MigrationDestination::Ending::kNone: break;  // a question about an earlier one
-    case MigrationDestination::Ending::kCommitted: metrics_->IncomingMigrationEnded(IncomingResult::kOk); break;
-    case MigrationDestination::Ending::kKept: metrics_->IncomingMigrationEnded(IncomingResult::kKept); break;
-    case MigrationDestination::Ending::kRefused: metrics_->IncomingMigrationEnded(IncomingResult::kRefused); break;
-    case MigrationDestination::Ending::kEnded: metrics_->IncomingMigrationEnded(IncomingResult::kEnded); break;
+  Status status = Status::Ok();
+  MigrationDestination::Ending ending = MigrationDestination::Ending::kNone;
+  {
+    // Gone before the outcome is told: it unmarks the arrival and settles what it left running.
+    MigrationDestination incoming(*host_, channel);
+    status = incoming.Run();
+    ending = incoming.ending();
   }
+  const char* ended = nullptr;
+  switch (ending) {
+    case MigrationDestination::Ending::kNone: break;  // a question about an earlier one
+    case MigrationDestination::Ending::kCommitted:
+      metrics_->IncomingMigrationEnded(IncomingResult::kOk);
+      ended = "committed: the session runs here";
+      break;
+    case MigrationDestination::Ending::kKept:
+      metrics_->IncomingMigrationEnded(IncomingResult::kKept);
+      ended = "failed with every page here: the session stays here";
+      break;
+    case MigrationDestination::Ending::kRefused:
+      metrics_->IncomingMigrationEnded(IncomingResult::kRefused);
+      ended = "refused: nothing of it runs here";
+      break;
+    case MigrationDestination::Ending::kEnded:
+      metrics_->IncomingMigrationEnded(IncomingResult::kEnded);
+      ended = "failed: the incomplete copy here ended";
+      break;
+  }
+  // Its outcome, once it is final here, in one line (an operator, or a test, waits for it).
+  if (ended) config_.log.With("op", "incoming-migration").Info(std::string("incoming migration over: ") + ended);
   return status;
 }
 

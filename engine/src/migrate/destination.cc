@@ -248,8 +248,12 @@ Status MigrationDestination::AwaitCommit() {
   if (!verdict.ok()) return verdict.status().WithContext("no commit from the source");
   if (!std::holds_alternative<peer::Commit>(*verdict))
     return Status::ExternalFailure("the source took the session back after it was restored here");
+  const std::string& fault = host_.config().test_fault;
+  if (fault == "die-at-commit") ::raise(SIGKILL);  // as `kill -9` would, before `committed` is said
   ELSA_RETURN_IF_ERROR(channel_.Send(peer::EncodeControl(peer::Committed{}), 0));
-  return channel_.Flush(10s);
+  ELSA_RETURN_IF_ERROR(channel_.Flush(10s));
+  if (fault == "die-after-committed") ::raise(SIGKILL);  // the source has heard `committed`
+  return Status::Ok();
 }
 
 // The session runs here with every page: ending it would lose it if the source's copy is gone
