@@ -92,6 +92,8 @@ class Killer:
         self.phases_at_kill = None
         self.lock = threading.Lock()
         self.seen = []
+        self.timeline = []  # (seconds, phase): where a slow case spent its time
+        self.start = time.monotonic()
 
     def kill(self):
         with self.lock:
@@ -110,6 +112,7 @@ class Killer:
         phase = msg.get("phase") or msg["event"]
         with self.lock:
             self.seen.append(phase)
+            self.timeline.append(f"{phase} {time.monotonic() - self.start:.1f}")
         if self.phase == "precopy" and phase == "connect":
             threading.Thread(target=self._during_precopy, daemon=True).start()
         elif self.phase == "images" and phase == "freeze":
@@ -134,6 +137,7 @@ def run_case(hosts, bin_dir, workdir, secret_file, side, phase, a1, a2):
         reply = {"ok": None, "error": {"message": f"no reply: {e}"}}
     # The kill happened at the phase asked for (by the test, or by the agent's --test-fault).
     victim.proc.wait(timeout=180)
+    times = {"migration": time.monotonic() - started}
     if killer.phases_at_kill is not None:
         if phase == "precopy":
             assert "freeze" not in killer.phases_at_kill, killer.phases_at_kill
@@ -147,6 +151,7 @@ def run_case(hosts, bin_dir, workdir, secret_file, side, phase, a1, a2):
     if survivor is a2:
         wait_for("the destination ends its half of the migration", lambda: "incoming migration over" in a2.agent_log(),
                  60, lambda: a2.agent_log()[-3000:])
+    times["survivor"] = time.monotonic() - started
     outcome = (reply.get("error") or {}).get("message", "migrated") if survivor is a1 else \
         [line for line in a2.agent_log().splitlines() if "incoming migration over" in line][-1]
 
@@ -154,16 +159,20 @@ def run_case(hosts, bin_dir, workdir, secret_file, side, phase, a1, a2):
     offset = len(victim.agent_log())
     victim.extra_args = [a for a in victim.extra_args if a not in ("--test-fault", FAULTS.get((side, phase)))]
     victim.start()
+    times["restart"] = time.monotonic() - started
     wait_for("every frozen copy settled", lambda: not any(os.path.exists(frozen_record(a)) for a in (a1, a2)),
              SETTLE_SECONDS, lambda: a1.agent_log()[-3000:] + "\n" + a2.agent_log()[-3000:])
+    times["settled"] = time.monotonic() - started
     time.sleep(0.5)  # a copy ended is reaped by its monitor, whose exit the agent then reads
     new_agent_said = log_lines(victim.agent_log()[offset:])
 
     listed = {h: a.sessions().get("alice") for h, a in (("h1", a1), ("h2", a2))}
     running = [h for h, s in listed.items() if s and s["state"] == "running"]
-    print(f"\nKILL-MATRIX | {side} | {phase} | {mode} | killed after {killer.phases_at_kill or 'its --test-fault'} "
-          f"| survivor's outcome: {outcome} | ended on {running} | new agent: {' / '.join(new_agent_said) or '-'} "
-          f"| {time.monotonic() - started:.1f} s")
+    killed_at = f"at `{killer.phases_at_kill[-1]}`" if killer.phases_at_kill else "by its --test-fault"
+    events = ", ".join(e for e in killer.timeline if not e.startswith("criu"))
+    print(f"\nKILL-MATRIX | {side} | {phase} | {mode} | killed {killed_at} | survivor's outcome: {outcome} "
+          f"| ended on {running} | new agent: {' / '.join(new_agent_said) or '-'} "
+          f"| events (s): {events}; " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()))
     assert len(running) == 1, f"running in exactly one place: {listed}"
     holder = running[0]
     other = "h2" if holder == "h1" else "h1"
