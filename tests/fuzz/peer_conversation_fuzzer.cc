@@ -96,6 +96,10 @@ class FuzzHost final : public MigrationHost {
     if (under_way) incoming_.insert(name);
     else incoming_.erase(name);
   }
+  Status SettleIncoming(const std::string& name, std::chrono::milliseconds) override {
+    incoming_.erase(name);
+    return Status::Ok();
+  }
   peer::Outcome IncomingOutcome(const std::string& name) override {
     return incoming_.count(name) ? peer::Outcome::kUndecided : peer::Outcome::kAbsent;
   }

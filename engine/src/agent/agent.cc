@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdio>
 #include <ctime>
+#include <thread>
 
 #include "elsa/engine/session_process.h"
 #include "elsa/file_util.h"
@@ -81,6 +82,7 @@ class Agent::Host final : public MigrationHost {
   Status Stop(const std::string& name, int timeout_s) override { return agent_.Stop(name, timeout_s); }
   void MarkIncoming(const std::string& name, bool under_way) override;
   peer::Outcome IncomingOutcome(const std::string& name) override;
+  Status SettleIncoming(const std::string& name, std::chrono::milliseconds timeout) override;
   void ResolveLater(std::function<void(const std::atomic<bool>& stop)> work) override {
     agent_.resolving_threads_.Start([&stop = agent_.stopping_, work = std::move(work)] { work(stop); });
   }
@@ -98,6 +100,27 @@ void Agent::Host::MarkIncoming(const std::string& name, bool under_way) {
   // The migration is over: a session it left running here stands on its own from now on.
   if (Session* s = agent_.FindLocked(name); !under_way && s && s->info.state == SessionState::kRunning)
     agent_.SettleIfIndependentLocked(*s);
+}
+
+Status Agent::Host::SettleIncoming(const std::string& name, std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  for (;;) {
+    {
+      std::lock_guard lock(agent_.mu_);
+      Session* s = agent_.FindLocked(name);
+      if (!s || s->info.state != SessionState::kRunning)
+        return Status::FailedPrecondition("session '" + name + "' does not run here");
+      if (!s->info.lazy_error.empty())
+        return Status::ExternalFailure("session '" + name + "' could not page in: " + s->info.lazy_error);
+      agent_.incoming_.erase(name);
+      agent_.SettleIfIndependentLocked(*s);
+      if (!s->lease) return Status::Ok();
+      agent_.incoming_.insert(name);  // still paging in: the agent's to the end of it
+    }
+    if (Clock::now() >= deadline)
+      return Status::Timeout("session '" + name + "' still pages in: it cannot outlive this agent yet");
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
 }
 
 peer::Outcome Agent::Host::IncomingOutcome(const std::string& name) {
@@ -463,15 +486,36 @@ Result<MigrateReport> Agent::Migrate(const std::string& name, const MigrateOptio
 }
 
 Status Agent::AcceptMigration(transport::Channel& channel) {
-  MigrationDestination incoming(*host_, channel);
-  Status status = incoming.Run();
-  switch (incoming.ending()) {
-    case MigrationDestination::Ending::kNone: break;  // a question about an earlier one
-    case MigrationDestination::Ending::kCommitted: metrics_->IncomingMigrationEnded(IncomingResult::kOk); break;
-    case MigrationDestination::Ending::kKept: metrics_->IncomingMigrationEnded(IncomingResult::kKept); break;
-    case MigrationDestination::Ending::kRefused: metrics_->IncomingMigrationEnded(IncomingResult::kRefused); break;
-    case MigrationDestination::Ending::kEnded: metrics_->IncomingMigrationEnded(IncomingResult::kEnded); break;
+  Status status = Status::Ok();
+  MigrationDestination::Ending ending = MigrationDestination::Ending::kNone;
+  {
+    // Gone before the outcome is told: it unmarks the arrival and settles what it left running.
+    MigrationDestination incoming(*host_, channel);
+    status = incoming.Run();
+    ending = incoming.ending();
   }
+  const char* ended = nullptr;
+  switch (ending) {
+    case MigrationDestination::Ending::kNone: break;  // a question about an earlier one
+    case MigrationDestination::Ending::kCommitted:
+      metrics_->IncomingMigrationEnded(IncomingResult::kOk);
+      ended = "committed: the session runs here";
+      break;
+    case MigrationDestination::Ending::kKept:
+      metrics_->IncomingMigrationEnded(IncomingResult::kKept);
+      ended = "failed with every page here: the session stays here";
+      break;
+    case MigrationDestination::Ending::kRefused:
+      metrics_->IncomingMigrationEnded(IncomingResult::kRefused);
+      ended = "refused: nothing of it runs here";
+      break;
+    case MigrationDestination::Ending::kEnded:
+      metrics_->IncomingMigrationEnded(IncomingResult::kEnded);
+      ended = "failed: the incomplete copy here ended";
+      break;
+  }
+  // Its outcome, once it is final here, in one line (an operator, or a test, waits for it).
+  if (ended) config_.log.With("op", "incoming-migration").Info(std::string("incoming migration over: ") + ended);
   return status;
 }
 

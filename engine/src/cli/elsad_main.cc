@@ -90,8 +90,11 @@ int main(int argc, char** argv) {
   app.add_option("--test-fault", config.test_fault,
                  "for the test suite only: fail on purpose as a source of migrations (lose-committed: "
                  "B's `committed` is lost with the connection; hang-before-commit: wait 120 s before `commit`), "
-                 "or die (SIGKILL) between a checkpoint's dump and its commit (die-before-checkpoint-commit)")
-      ->check(CLI::IsMember({"lose-committed", "hang-before-commit", "die-before-checkpoint-commit"}))
+                 "die (SIGKILL) between a checkpoint's dump and its commit (die-before-checkpoint-commit), "
+                 "as a destination on receiving `commit` (die-at-commit), or once `committed` is sent "
+                 "(die-after-committed; as a source: once it is received)")
+      ->check(CLI::IsMember({"lose-committed", "hang-before-commit", "die-before-checkpoint-commit", "die-at-commit",
+                             "die-after-committed"}))
       ->group("");
   elsa::TlsApiOptions tls_api;  // the API over TLS (README: "Reaching agents over the network")
   app.add_option("--api-listen", tls_api.listen, "HOST:PORT where the API is also served, over TLS 1.3 (off by default)");

@@ -74,8 +74,9 @@ Status MigrationDestination::Run() {
   // Once a tree runs here (even if `restored` never reached the source), it is decided here: a
   // complete one stays, an incomplete one ends.
   if (restored_pid_ > 0) {
-    ending_ = complete_ ? Ending::kKept : Ending::kEnded;
-    return complete_ ? KeepCopy(st) : EndCopy(st);
+    const bool keep = complete_ && (settled_ || StandAlone().ok());
+    ending_ = keep ? Ending::kKept : Ending::kEnded;
+    return keep ? KeepCopy(st) : EndCopy(st);
   }
   ending_ = Ending::kRefused;
   return Refuse(st);
@@ -248,8 +249,24 @@ Status MigrationDestination::AwaitCommit() {
   if (!verdict.ok()) return verdict.status().WithContext("no commit from the source");
   if (!std::holds_alternative<peer::Commit>(*verdict))
     return Status::ExternalFailure("the source took the session back after it was restored here");
+  const std::string& fault = host_.config().test_fault;
+  if (fault == "die-at-commit") ::raise(SIGKILL);  // as `kill -9` would, before `committed` is said
+  ELSA_RETURN_IF_ERROR(StandAlone());
   ELSA_RETURN_IF_ERROR(channel_.Send(peer::EncodeControl(peer::Committed{}), 0));
-  return channel_.Flush(10s);
+  ELSA_RETURN_IF_ERROR(channel_.Flush(10s));
+  if (fault == "die-after-committed") ::raise(SIGKILL);  // the source has heard `committed`
+  return Status::Ok();
+}
+
+// Once the source hears `committed` it ends its copy, so the one here must outlive this agent
+// first: until its lease is settled, its monitor ends it if the agent dies, which after
+// `committed` would leave the session on neither host. (An agent dying before this still ends
+// it here, and the source, never told, resumes its own.)
+Status MigrationDestination::StandAlone() {
+  if (settled_) return Status::Ok();
+  ELSA_RETURN_IF_ERROR(host_.SettleIncoming(begin_.session.name, 45s));
+  settled_ = true;
+  return Status::Ok();
 }
 
 // The session runs here with every page: ending it would lose it if the source's copy is gone

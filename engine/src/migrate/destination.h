@@ -53,6 +53,7 @@ class MigrationDestination {
   Status Refuse(const Status& why);   // nothing runs here yet: tell the source, which resumes its own
   Status EndCopy(const Status& why);  // an incomplete copy runs here: it ends
   Status KeepCopy(const Status& why); // a complete copy runs here: it is the session now
+  Status StandAlone();  // the copy here no longer needs this agent: before `committed` is said
   Status AnswerResolve(const peer::Resolve& asked);
 
   MigrationHost& host_;
@@ -72,6 +73,7 @@ class MigrationDestination {
   uint64_t memory_room_bytes_ = UINT64_MAX;  // what this host can hold: bounds the lazy plan
   pid_t restored_pid_ = 0;  // a tree runs here: from now on a failure ends it, unless complete_
   bool complete_ = false;   // every page of it is here and durable: from now on it is kept
+  bool settled_ = false;    // it outlives this agent (StandAlone): only then is it said to be kept
   std::shared_ptr<ChannelForWants> wants_;
   std::shared_ptr<PostcopyPages> source_;  // post-copy: what the lazy server answers from
   std::unique_ptr<PeerReader> reader_;     // post-copy: feeds source_ from the channel

@@ -153,7 +153,7 @@ void SettleFrozenCopies(const AgentConfig& config,
         log.Error(copy.host + " has no copy of the session, and resuming it here failed: " + resumed.ToString());
       } else {
         log.Warning(copy.host + " has no copy of the session: it runs here again (pid " + std::to_string(copy.pid) +
-                    "), outside this agent's list until agents adopt sessions they did not start");
+                    "); this agent adopted it from its record and lists it");
       }
     });
   }

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -60,6 +61,12 @@ class MigrationHost {
   virtual void MarkIncoming(const std::string& name, bool under_way) = 0;
   // What this host says to a source asking where `name` runs (peer::Resolve).
   virtual peer::Outcome IncomingOutcome(const std::string& name) = 0;
+  // The arriving session `name` becomes this host's for good, before the source hears so
+  // (`committed`), after which the source ends its copy: no longer marked arriving, and its lease
+  // settled, so that it outlives this agent. A lazily restored session needs the agent until it
+  // has paged in: waited for, up to `timeout`. An error (it stays marked arriving) if it does not
+  // run here or cannot stand alone in that time: then it must not be said to be kept.
+  virtual Status SettleIncoming(const std::string& name, std::chrono::milliseconds timeout) = 0;
 
   // A migration whose outcome the source cannot learn yet keeps asking on a thread of the
   // agent's; `stop` is set when the agent shuts down.

@@ -1,6 +1,7 @@
 #include "migrate/source.h"
 
 #include <condition_variable>
+#include <csignal>
 #include <cstdio>
 #include <future>
 #include <tuple>
@@ -406,10 +407,12 @@ Status MigrationSource::PushMemory() {
 }
 
 Status MigrationSource::Commit() {
+  Report(progress_, "commit", "asking " + out_.destination + " to keep the session");
   const std::string& fault = host_.config().test_fault;
   if (fault == "hang-before-commit") std::this_thread::sleep_for(120s);
   ELSA_RETURN_IF_ERROR(channel_->Send(peer::EncodeControl(peer::Commit{}), 0));
   ELSA_RETURN_IF_ERROR(peer::Expect<peer::Committed>(ReceiveControl(*channel_, 60s), "after the commit").status());
+  if (fault == "die-after-committed") ::raise(SIGKILL);  // as `kill -9` would, with the frozen copy not yet ended
   if (fault == "lose-committed") {
     (void)channel_->Close(1s);
     channel_.reset();
