@@ -339,6 +339,12 @@ Result<Compression> ParseCompression(std::string_view name) {
   return Status::InvalidArgument("unknown compression '" + std::string(name) + "' (off, always, adaptive)");
 }
 
+Result<std::string> LoadPeerIdentity(const PeerTls& tls) {
+  ELSA_RETURN_IF_ERROR(TlsIdentity::Load(tls, /*server=*/false).status());
+  ELSA_ASSIGN_OR_RETURN(std::shared_ptr<const TlsIdentity> identity, TlsIdentity::Load(tls, /*server=*/true));
+  return identity->agent();
+}
+
 Result<std::unique_ptr<Transport>> MakeTransport(Backend backend) {
   if (backend == Backend::kUring) ELSA_RETURN_IF_ERROR(UringAvailable());
   if (backend == Backend::kRdma) ELSA_RETURN_IF_ERROR(RdmaAvailable());

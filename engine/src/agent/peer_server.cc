@@ -7,8 +7,10 @@
 namespace elsa {
 
 Result<std::unique_ptr<PeerServer>> PeerServer::Start(Agent& agent, const std::string& address) {
-  if (agent.config().peer_secret.empty())
-    return Status::InvalidArgument("--listen needs a peer secret (--peer-secret-file): agents authenticate each other");
+  if (!agent.config().PeerAuthConfigured())
+    return Status::InvalidArgument(
+        "--listen needs the agents' certificates (--peer-cert, --peer-key, --peer-ca) or at least a shared secret "
+        "(--peer-secret-file): agents authenticate each other");
   ELSA_ASSIGN_OR_RETURN(auto where, peer::ParseHostPort(address));
   ELSA_ASSIGN_OR_RETURN(transport::Backend backend, transport::ParseBackend(agent.config().peer_backend));
   ELSA_ASSIGN_OR_RETURN(auto transport, transport::MakeTransport(backend));

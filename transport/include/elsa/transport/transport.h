@@ -179,6 +179,10 @@ class Transport {
   virtual Result<std::unique_ptr<Channel>> Connect(const Endpoint& peer, const ChannelOptions& options) = 0;
 };
 
+// Loads `tls` as a listener and a connector would, and returns the agent's own name from its
+// certificate: a program checks its configuration once, at start, rather than at the first channel.
+Result<std::string> LoadPeerIdentity(const PeerTls& tls);
+
 // FailedPrecondition, with the reason, when the backend cannot run here (e.g. io_uring disabled).
 Result<std::unique_ptr<Transport>> MakeTransport(Backend backend);
 
