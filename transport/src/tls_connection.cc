@@ -109,6 +109,13 @@ Result<std::shared_ptr<const TlsIdentity>> TlsIdentity::Load(const PeerTls& tls,
   if (tls.cert_file.empty() || tls.key_file.empty() || tls.ca_file.empty())
     return Status::InvalidArgument("TLS between agents needs a certificate, its key and the fleet's CA, all three");
   ELSA_ASSIGN_OR_RETURN(SslCtxPtr ctx, NewTls13Context(server));
+  // AES-128-GCM first: TLS 1.3's mandatory suite, and fewer rounds than AES-256 (about 15% more
+  // bytes per second here, `openssl speed -evp`) on the pages a migration moves; both ends are
+  // ours, so the server's order decides.
+  if (SSL_CTX_set_ciphersuites(ctx.get(),
+                               "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256") != 1)
+    return Status::Internal("cannot set the TLS 1.3 cipher suites: " + TakeOpenSslErrors());
+  if (server) SSL_CTX_set_options(ctx.get(), SSL_OP_CIPHER_SERVER_PREFERENCE);
   if (SSL_CTX_use_certificate_chain_file(ctx.get(), tls.cert_file.c_str()) != 1)
     return Status::InvalidArgument("certificate " + tls.cert_file + ": " + TakeOpenSslErrors());
   if (SSL_CTX_use_PrivateKey_file(ctx.get(), tls.key_file.c_str(), SSL_FILETYPE_PEM) != 1)
