@@ -24,6 +24,7 @@
 
 #include "connection.h"
 #include "elsa/openssl_util.h"
+#include "elsa/uninitialized.h"
 
 namespace elsa::transport {
 
@@ -92,9 +93,11 @@ class TlsConnection final : public Connection {
   BIO* ciphertext_out_;  // owned by ssl_
   std::string peer_agent_;
   bool seal_failed_ = false;       // writer: OpenSSL refused to seal (the session failed)
-  std::vector<uint8_t> staged_;    // writer: plaintext waiting to fill a record
-  std::vector<uint8_t> sealed_;    // writer: ciphertext on its way to the inner connection
-  std::vector<uint8_t> received_;  // reader: ciphertext from the inner connection
+  // Not zeroed on resize: every byte is written before it is read, and zeroing would cost a pass
+  // over each page.
+  RawBytes staged_;    // writer: plaintext waiting to fill a record
+  RawBytes sealed_;    // writer: ciphertext on its way to the inner connection
+  RawBytes received_;  // reader: ciphertext from the inner connection
 };
 
 }  // namespace elsa::transport
