@@ -180,6 +180,7 @@ TEST_P(PeerTlsTest, APlaintextHelloToATlsListenerIsRefused) {
 
 TEST_P(PeerTlsTest, ATlsClientToAPlaintextListenerSaysWhy) {
   ChannelOptions plain = TestOptions(1);
+  plain.log = log_.logger();
   auto l = transport_->Listen({"127.0.0.1", 0}, plain);
   ASSERT_TRUE(l.ok());
   auto serving = std::async(std::launch::async, [&] { return (*l)->Accept(1500ms); });
@@ -187,6 +188,8 @@ TEST_P(PeerTlsTest, ATlsClientToAPlaintextListenerSaysWhy) {
   ASSERT_FALSE(channel.ok());
   EXPECT_NE(channel.status().message().find("--peer-cert on both ends"), std::string::npos)
       << channel.status().message();
+  serving.wait();
+  EXPECT_NE(log_.text().find("the client speaks TLS and this end does not"), std::string::npos) << log_.text();
 }
 
 TEST_P(PeerTlsTest, TheListenersAllowlistVetoesAKnownPeer) {

@@ -65,6 +65,10 @@ std::array<uint8_t, kHelloSize> EncodeHello(const Hello& h) {
 
 Result<Hello> DecodeHello(std::span<const uint8_t> b) {
   if (b.size() != kHelloSize) return Status::ProtocolError("handshake: HELLO has the wrong size");
+  constexpr uint8_t kTlsHandshakeRecord = 0x16;
+  if (b[0] == kTlsHandshakeRecord)
+    return Status::ProtocolError("handshake: the client speaks TLS and this end does not: give both agents "
+                                 "--peer-cert, --peer-key and --peer-ca");
   if (std::memcmp(b.data(), kHelloMagic, 8) != 0)
     return Status::ProtocolError("handshake: not an Elsa transport client (bad HELLO magic)");
   Hello h;
