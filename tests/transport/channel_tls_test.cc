@@ -4,6 +4,7 @@
 #include <openssl/err.h>
 #include <sys/socket.h>
 
+#include <cstring>
 #include <future>
 #include <mutex>
 
@@ -256,6 +257,39 @@ TEST_P(PeerTlsTest, AFlippedCiphertextByteBreaksTheChannelAndNothingDamagedIsDel
   EXPECT_TRUE(end.code() == StatusCode::kCorruption || end.code() == StatusCode::kProtocolError) << end.ToString();
   EXPECT_NE(end.message().find("TLS"), std::string::npos) << end.message();
   EXPECT_FALSE((*client)->Flush(5s).ok()) << "the sender learns the channel is broken";
+}
+
+// What a machine in the middle sees: with TLS, neither the pages nor the frame headers; without
+// it (the deprecated secret-only channel), the pages as they are.
+TEST_P(PeerTlsTest, PagesCrossTheWireEncrypted) {
+  const std::string marker = "a user's notebook state, not for the wire";
+  PageBatch batch(4);
+  for (uint64_t i = 0; i < 4; ++i) {
+    uint8_t* page = batch.AddPage(i * kPageSize);
+    std::memset(page, 0, kPageSize);
+    std::memcpy(page + 100, marker.data(), marker.size());
+  }
+  for (bool tls : {false, true}) {
+    ChannelOptions server = tls ? Options(SharedFleet().beta) : TestOptions(1);
+    ChannelOptions client = tls ? Options(SharedFleet().alpha) : TestOptions(1);
+    server.compression = client.compression = Compression::kOff;
+    server.streams = client.streams = 1;  // the relay carries one connection
+    auto l = transport_->Listen({"127.0.0.1", 0}, server);
+    ASSERT_TRUE(l.ok());
+    CorruptingRelay relay((*l)->port(), CorruptingRelay::kNoFlip);
+    auto accepting = std::async(std::launch::async, [&] { return (*l)->Accept(5s); });
+    auto sender = transport_->Connect({"127.0.0.1", relay.port()}, client);
+    ASSERT_TRUE(sender.ok()) << sender.status().message();
+    auto receiver = accepting.get();
+    ASSERT_TRUE(receiver.ok()) << receiver.status().message();
+    ASSERT_TRUE((*sender)->SendPages(batch).ok());
+    auto got = (*receiver)->Receive(5s);
+    ASSERT_TRUE(got.ok()) << got.status().message();
+    ASSERT_EQ(std::memcmp(got->pages.page(3) + 100, marker.data(), marker.size()), 0);
+    const std::string wire = relay.seen();
+    EXPECT_EQ(wire.find(marker) != std::string::npos, !tls) << (tls ? "TLS" : "plain");
+    EXPECT_EQ(wire.find("ELSAHELO") != std::string::npos, !tls) << "the handshake too";
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, PeerTlsTest, ::testing::ValuesIn(BackendsUnderTest()), BackendParamName);

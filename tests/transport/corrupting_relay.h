@@ -6,6 +6,8 @@
 #include <sys/socket.h>
 
 #include <atomic>
+#include <mutex>
+#include <string>
 #include <thread>
 
 #include "connection.h"
@@ -14,9 +16,12 @@ namespace elsa::transport::testing {
 
 using namespace std::chrono_literals;
 
-// A relay between the two ends that flips one byte of the client's traffic after `flip_at`.
+// A relay between the two ends that flips one byte of the client's traffic after `flip_at`
+// (kNoFlip: none), and keeps a copy of that traffic as it went by.
 class CorruptingRelay {
  public:
+  static constexpr size_t kNoFlip = static_cast<size_t>(-1);
+
   CorruptingRelay(uint16_t upstream, size_t flip_at) : upstream_(upstream), flip_at_(flip_at) {
     uint16_t port = 0;
     auto fd = ListenTcp({"127.0.0.1", 0}, &port);
@@ -30,6 +35,11 @@ class CorruptingRelay {
     thread_.join();
   }
   uint16_t port() const { return port_; }
+  // The client's bytes forwarded so far.
+  std::string seen() const {
+    std::lock_guard lock(mu_);
+    return seen_;
+  }
 
  private:
   void Run() {
@@ -50,6 +60,8 @@ class CorruptingRelay {
         if (i == 0) {
           if (forwarded <= flip_at_ && flip_at_ < forwarded + static_cast<size_t>(n)) buf[flip_at_ - forwarded] ^= 0x10;
           forwarded += static_cast<size_t>(n);
+          std::lock_guard lock(mu_);
+          seen_.append(buf, static_cast<size_t>(n));
         }
         ::send(i == 0 ? up->get() : down.get(), buf, static_cast<size_t>(n), MSG_NOSIGNAL);
       }
@@ -61,6 +73,8 @@ class CorruptingRelay {
   UniqueFd listen_;
   uint16_t port_ = 0;
   std::atomic<bool> stop_{false};
+  mutable std::mutex mu_;
+  std::string seen_;
   std::thread thread_;
 };
 
