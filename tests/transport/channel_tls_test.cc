@@ -86,6 +86,8 @@ TEST_P(PeerTlsTest, FleetCertificatesAloneMakeAChannel) {
   ASSERT_TRUE(client.ok()) << client.status().message();
   auto server = accepting.get();
   ASSERT_TRUE(server.ok()) << server.status().message();
+  EXPECT_EQ((*server)->peer_agent(), "alpha") << "who connected, from its certificate";
+  EXPECT_EQ((*client)->peer_agent(), "beta");
   ASSERT_TRUE((*client)->Send(Bytes("over tls")).ok());
   ASSERT_TRUE((*server)->Send(Bytes("and back")).ok());
   EXPECT_EQ(Text((*server)->Receive(5s)->data), "over tls");

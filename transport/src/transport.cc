@@ -205,8 +205,9 @@ class StreamListener final : public Listener {
     g.connections[hello.stream_index] = std::move(stream.conn);
     if (++g.ready == g.connections.size()) {
       std::vector<std::unique_ptr<Connection>> connections = std::move(g.connections);
+      std::string agent = std::move(g.agent);
       groups_.erase(hello.channel_id);
-      ready_.push_back(std::make_unique<StreamChannel>(std::move(connections), options_));
+      ready_.push_back(std::make_unique<StreamChannel>(std::move(connections), options_, std::move(agent)));
     }
   }
 
@@ -298,7 +299,7 @@ class StreamTransport final : public Transport {
       if (!s.ok()) return s.WithContext(where);
       connections.push_back(std::move(conn));
     }
-    return std::unique_ptr<Channel>(std::make_unique<StreamChannel>(std::move(connections), options));
+    return std::unique_ptr<Channel>(std::make_unique<StreamChannel>(std::move(connections), options, peer_agent));
   }
 
  private:

@@ -41,8 +41,10 @@ void PeerServer::AcceptLoop() {
       continue;
     }
     migrations_.Start([this, c = std::shared_ptr<transport::Channel>(std::move(*channel))] {
+      const std::string from = c->peer_agent();
       Status st = agent_.AcceptMigration(*c);
-      if (!st.ok()) agent_.config().log.With("op", "incoming-migration").Error(st.ToString());
+      if (!st.ok())
+        agent_.config().log.With("op", "incoming-migration").With("from", from.empty() ? "?" : from).Error(st.ToString());
       (void)c->Close(std::chrono::seconds(5));
     });
   }

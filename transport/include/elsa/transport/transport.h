@@ -139,6 +139,8 @@ class Channel {
  public:
   virtual ~Channel() = default;
   virtual int streams() const = 0;
+  // The other agent's name from its TLS certificate (elsa-agent:NAME); empty without TLS.
+  virtual std::string peer_agent() const { return {}; }
 
   // Queue a message on `stream` (-1: the next stream in turn). Blocks while that stream's queue
   // is full; fails once the channel is broken or closed.
