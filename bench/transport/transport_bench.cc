@@ -115,6 +115,7 @@ struct CommonArgs {
   std::string host = "127.0.0.1";
   uint16_t port = 0;
   std::string secret;
+  std::string tls_cert, tls_key, tls_ca;  // all three: every stream inside mutual TLS 1.3
   int streams = 4;
   int io_timeout_ms = 30000;
 };
@@ -143,6 +144,9 @@ void AddCommonOptions(CLI::App& app, CommonArgs& args) {
   app.add_option("--port", args.port, "port (serve: 0 picks one and prints it)");
   app.add_option("--secret", args.secret, "shared secret")->envname("ELSA_BENCH_SECRET")->required();
   app.add_option("--streams", args.streams, "parallel TCP streams")->check(CLI::Range(1, 64));
+  app.add_option("--tls-cert", args.tls_cert, "this end's certificate (tools/elsa-ca issue DIR NAME --peer): TLS 1.3");
+  app.add_option("--tls-key", args.tls_key, "its key");
+  app.add_option("--tls-ca", args.tls_ca, "the CA both ends' certificates come from");
   app.add_option("--io-timeout-ms", args.io_timeout_ms, "channel I/O timeout")->check(CLI::PositiveNumber);
 }
 
@@ -151,6 +155,8 @@ Result<std::unique_ptr<et::Transport>> OpenTransport(const CommonArgs& args, et:
   if (!backend.ok()) return backend.status();
   options.streams = args.streams;
   options.secret = args.secret;
+  if (!args.tls_cert.empty() || !args.tls_key.empty() || !args.tls_ca.empty())
+    options.tls = et::PeerTls{args.tls_cert, args.tls_key, args.tls_ca, {}};
   options.io_timeout = std::chrono::milliseconds(args.io_timeout_ms);
   return et::MakeTransport(*backend);
 }

@@ -1,4 +1,5 @@
-// The behaviour every backend must have. Runs against each backend that can run here.
+// The behaviour every backend must have, plain and inside TLS. Runs against each backend that can
+// run here.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -16,7 +17,7 @@ namespace {
 
 using namespace testing;
 
-class Conformance : public ::testing::TestWithParam<Backend> {};
+class Conformance : public ::testing::TestWithParam<ChannelVariant> {};
 
 PageBatch RandomishBatch(size_t pages, uint64_t seed, bool zeros) {
   PageBatch b(pages);
@@ -221,7 +222,7 @@ TEST_P(Conformance, ChannelsReleaseTheirDescriptors) {
   EXPECT_EQ(OpenFds(), before);
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, Conformance, ::testing::ValuesIn(BackendsUnderTest()), BackendParamName);
+INSTANTIATE_TEST_SUITE_P(Backends, Conformance, ::testing::ValuesIn(VariantsUnderTest()), VariantParamName);
 
 TEST(RdmaBackend, RunsTheSuitesWhereADeviceExists) {
   auto rdma = MakeTransport(Backend::kRdma);

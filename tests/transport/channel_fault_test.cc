@@ -12,6 +12,7 @@
 
 #include "channel_test_util.h"
 #include "connection.h"
+#include "corrupting_relay.h"
 #include "frame.h"
 #include "handshake.h"
 
@@ -216,56 +217,6 @@ TEST_P(Faults, AStalledPeerTimesOut) {
   EXPECT_EQ(m.status().code(), StatusCode::kTimeout);
   EXPECT_LT(Clock::now() - start, 5s);
 }
-
-// A relay between the two ends that flips one byte of the client's traffic after `flip_at`.
-class CorruptingRelay {
- public:
-  CorruptingRelay(uint16_t upstream, size_t flip_at) : upstream_(upstream), flip_at_(flip_at) {
-    uint16_t port = 0;
-    auto fd = ListenTcp({"127.0.0.1", 0}, &port);
-    EXPECT_TRUE(fd.ok());
-    listen_ = std::move(*fd);
-    port_ = port;
-    thread_ = std::thread([this] { Run(); });
-  }
-  ~CorruptingRelay() {
-    stop_ = true;
-    thread_.join();
-  }
-  uint16_t port() const { return port_; }
-
- private:
-  void Run() {
-    pollfd lp{listen_.get(), POLLIN, 0};
-    if (::poll(&lp, 1, 5000) <= 0) return;
-    UniqueFd down(::accept(listen_.get(), nullptr, nullptr));
-    auto up = ConnectTcp({"127.0.0.1", upstream_}, Clock::now() + 5s);
-    if (!up.ok()) return;
-    size_t forwarded = 0;
-    char buf[65536];
-    while (!stop_) {
-      pollfd p[2] = {{down.get(), POLLIN, 0}, {up->get(), POLLIN, 0}};
-      if (::poll(p, 2, 50) <= 0) continue;
-      for (int i = 0; i < 2; ++i) {
-        if (!(p[i].revents & (POLLIN | POLLHUP))) continue;
-        ssize_t n = ::recv(p[i].fd, buf, sizeof buf, 0);
-        if (n <= 0) return;
-        if (i == 0) {
-          if (forwarded <= flip_at_ && flip_at_ < forwarded + static_cast<size_t>(n)) buf[flip_at_ - forwarded] ^= 0x10;
-          forwarded += static_cast<size_t>(n);
-        }
-        ::send(i == 0 ? up->get() : down.get(), buf, static_cast<size_t>(n), MSG_NOSIGNAL);
-      }
-    }
-  }
-
-  uint16_t upstream_;
-  size_t flip_at_;
-  UniqueFd listen_;
-  uint16_t port_ = 0;
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
-};
 
 TEST_P(Faults, AByteFlippedOnTheWireIsCaughtAndNeverDelivered) {
   // Client-to-server handshake bytes: HELLO (64) + PROOF (40). Flip inside the third frame's payload.

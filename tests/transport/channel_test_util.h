@@ -8,6 +8,7 @@
 #include <string>
 
 #include "elsa/transport/transport.h"
+#include "test_pki.h"
 
 namespace elsa::transport::testing {
 
@@ -62,6 +63,38 @@ inline std::vector<Backend> BackendsUnderTest() {
 
 inline std::string BackendParamName(const ::testing::TestParamInfo<Backend>& info) {
   return std::string(BackendName(info.param));
+}
+
+// The certificates every TLS test of this process shares (made once: key generation is slow).
+inline const TestFleet& SharedFleet() {
+  static const TestFleet fleet = TestFleet::Make();
+  return fleet;
+}
+
+// A backend with or without TLS around it: the suites run over both.
+struct ChannelVariant {
+  Backend backend = Backend::kTcp;
+  bool tls = false;
+};
+
+inline std::vector<ChannelVariant> VariantsUnderTest() {
+  std::vector<ChannelVariant> variants;
+  for (Backend b : BackendsUnderTest())
+    for (bool tls : {false, true}) variants.push_back({b, tls});
+  return variants;
+}
+
+inline std::string VariantParamName(const ::testing::TestParamInfo<ChannelVariant>& info) {
+  return std::string(BackendName(info.param.backend)) + (info.param.tls ? "_tls" : "_plain");
+}
+
+// `options` for both ends, with TLS as alpha (connecting) and beta (accepting) if the variant has it.
+inline void MakePair(const ChannelVariant& variant, const ChannelOptions& options, ChannelPair* pair) {
+  if (!variant.tls) return MakePair(variant.backend, options, pair);
+  ChannelOptions client = options, server = options;
+  client.tls = SharedFleet().alpha;
+  server.tls = SharedFleet().beta;
+  MakePair(variant.backend, client, pair, &server);
 }
 
 }  // namespace elsa::transport::testing

@@ -122,6 +122,7 @@ class FaultInjectionChannel final : public Channel {
   }
 
   int streams() const override { return inner_.streams(); }
+  std::string peer_agent() const override { return inner_.peer_agent(); }
 
   Status Send(std::vector<uint8_t> data, int stream = -1) override {
     MessageView view{Message::Kind::kData, stream, &data, nullptr};

@@ -53,5 +53,20 @@ TEST(ProofMac, DependsOnSecretRoleHelloAndNonce) {
   EXPECT_NE(base, ProofMac("secret", true, hello, other));
 }
 
+// Inside TLS the proof key is bound to the session: another session's export, or another
+// secret, gives another key.
+TEST(TlsBoundKey, DependsOnTheSessionAndTheSecret) {
+  std::array<uint8_t, 32> exported{};
+  exported.fill(7);
+  const std::string base = TlsBoundKey(exported, "secret");
+  EXPECT_EQ(base.size(), 32u);
+  EXPECT_EQ(base, TlsBoundKey(exported, "secret"));
+  EXPECT_NE(base, TlsBoundKey(exported, ""));
+  std::array<uint8_t, 32> other_session = exported;
+  other_session[0] = 8;
+  EXPECT_NE(base, TlsBoundKey(other_session, "secret"));
+  EXPECT_NE(TlsBoundKey(exported, ""), TlsBoundKey(other_session, ""));
+}
+
 }  // namespace
 }  // namespace elsa::transport

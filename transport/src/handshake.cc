@@ -2,6 +2,7 @@
 
 #include <nettle/hmac.h>
 #include <nettle/memops.h>
+#include <nettle/sha2.h>
 #include <sys/random.h>
 
 #include <cerrno>
@@ -15,6 +16,7 @@ constexpr char kChallengeMagic[] = "ELSACHAL";
 constexpr char kProofMagic[] = "ELSAPROF";
 constexpr char kOkayMagic[] = "ELSAOKAY";
 constexpr char kDenyMagic[] = "ELSADENY";
+constexpr char kVetoMagic[] = "ELSAVETO";
 
 uint16_t GetU16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
 void PutU16(uint8_t* p, uint16_t v) {
@@ -63,6 +65,10 @@ std::array<uint8_t, kHelloSize> EncodeHello(const Hello& h) {
 
 Result<Hello> DecodeHello(std::span<const uint8_t> b) {
   if (b.size() != kHelloSize) return Status::ProtocolError("handshake: HELLO has the wrong size");
+  constexpr uint8_t kTlsHandshakeRecord = 0x16;
+  if (b[0] == kTlsHandshakeRecord)
+    return Status::ProtocolError("handshake: the client speaks TLS and this end does not: give both agents "
+                                 "--peer-cert, --peer-key and --peer-ca");
   if (std::memcmp(b.data(), kHelloMagic, 8) != 0)
     return Status::ProtocolError("handshake: not an Elsa transport client (bad HELLO magic)");
   Hello h;
@@ -81,9 +87,9 @@ Result<Hello> DecodeHello(std::span<const uint8_t> b) {
   return h;
 }
 
-Mac ProofMac(const std::string& secret, bool from_client, std::span<const uint8_t> hello, const Nonce& server_nonce) {
+Mac ProofMac(const std::string& key, bool from_client, std::span<const uint8_t> hello, const Nonce& server_nonce) {
   hmac_sha256_ctx ctx;
-  hmac_sha256_set_key(&ctx, secret.size(), reinterpret_cast<const uint8_t*>(secret.data()));
+  hmac_sha256_set_key(&ctx, key.size(), reinterpret_cast<const uint8_t*>(key.data()));
   const std::string label = from_client ? "elsa/1 client" : "elsa/1 server";
   hmac_sha256_update(&ctx, label.size(), reinterpret_cast<const uint8_t*>(label.data()));
   hmac_sha256_update(&ctx, hello.size(), hello.data());
@@ -91,6 +97,17 @@ Mac ProofMac(const std::string& secret, bool from_client, std::span<const uint8_
   Mac mac{};
   hmac_sha256_digest(&ctx, mac.size(), mac.data());
   return mac;
+}
+
+std::string TlsBoundKey(std::span<const uint8_t> exported, const std::string& secret) {
+  hmac_sha256_ctx ctx;
+  hmac_sha256_set_key(&ctx, exported.size(), exported.data());
+  const std::string label = "elsa/1 stream key";
+  hmac_sha256_update(&ctx, label.size(), reinterpret_cast<const uint8_t*>(label.data()));
+  hmac_sha256_update(&ctx, secret.size(), reinterpret_cast<const uint8_t*>(secret.data()));
+  std::string key(SHA256_DIGEST_SIZE, '\0');
+  hmac_sha256_digest(&ctx, key.size(), reinterpret_cast<uint8_t*>(key.data()));
+  return key;
 }
 
 Status FillRandom(std::span<uint8_t> out) {
@@ -110,7 +127,15 @@ Status ClientHandshake(Connection& conn, const std::string& secret, const Hello&
   if (secret.empty()) return Status::Unauthenticated("no shared secret configured for the transport");
   const auto hello_bytes = EncodeHello(hello);
   ELSA_RETURN_IF_ERROR(Write(conn, hello_bytes, deadline));
-  ELSA_ASSIGN_OR_RETURN(Nonce server_nonce, ReadTagged(conn, kChallengeMagic, deadline, "server's challenge"));
+  std::array<uint8_t, kTaggedSize> challenge{};
+  Status read = conn.ReadExact(challenge.data(), challenge.size(), deadline);
+  if (!read.ok()) return read.WithContext("handshake: reading the server's challenge");
+  if (std::memcmp(challenge.data(), kVetoMagic, 8) == 0)
+    return Status::PermissionDenied("the peer knows this agent but does not let it connect");
+  if (std::memcmp(challenge.data(), kChallengeMagic, 8) != 0)
+    return Status::ProtocolError("handshake: expected the server's challenge, got something else");
+  Nonce server_nonce{};
+  std::memcpy(server_nonce.data(), challenge.data() + 8, server_nonce.size());
   const Mac proof = ProofMac(secret, true, hello_bytes, server_nonce);
   ELSA_RETURN_IF_ERROR(Write(conn, Tagged(kProofMagic, proof), deadline));
 
@@ -127,12 +152,20 @@ Status ClientHandshake(Connection& conn, const std::string& secret, const Hello&
   return Status::Ok();
 }
 
-Result<Hello> ServerHandshake(Connection& conn, const std::string& secret, Deadline deadline) {
+Result<Hello> ServerHandshake(Connection& conn, const std::string& secret, Deadline deadline,
+                              const std::function<Status()>& admit) {
   if (secret.empty()) return Status::Unauthenticated("no shared secret configured for the transport");
   std::array<uint8_t, kHelloSize> hello_bytes{};
   Status s = conn.ReadExact(hello_bytes.data(), hello_bytes.size(), deadline);
   if (!s.ok()) return s.WithContext("handshake: reading HELLO");
   ELSA_ASSIGN_OR_RETURN(Hello hello, DecodeHello(hello_bytes));
+  if (admit) {
+    if (Status admitted = admit(); !admitted.ok()) {
+      const std::array<uint8_t, 32> zeros{};
+      (void)Write(conn, Tagged(kVetoMagic, zeros), deadline);
+      return admitted;
+    }
+  }
   Nonce server_nonce{};
   ELSA_RETURN_IF_ERROR(FillRandom(server_nonce));
   ELSA_RETURN_IF_ERROR(Write(conn, Tagged(kChallengeMagic, server_nonce), deadline));

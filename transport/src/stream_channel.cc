@@ -88,8 +88,9 @@ void StreamChannel::CompressionPolicy::RecordWrite(size_t bytes, double seconds)
   write_seconds = write_seconds * kDecay + seconds;
 }
 
-StreamChannel::StreamChannel(std::vector<std::unique_ptr<Connection>> connections, const ChannelOptions& options)
-    : options_(options) {
+StreamChannel::StreamChannel(std::vector<std::unique_ptr<Connection>> connections, const ChannelOptions& options,
+                             std::string peer_agent)
+    : options_(options), peer_agent_(std::move(peer_agent)) {
   for (size_t i = 0; i < connections.size(); ++i) {
     auto s = std::make_unique<Stream>();
     s->index = static_cast<int>(i);

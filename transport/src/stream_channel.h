@@ -23,10 +23,13 @@ namespace elsa::transport {
 
 class StreamChannel final : public Channel {
  public:
-  StreamChannel(std::vector<std::unique_ptr<Connection>> connections, const ChannelOptions& options);
+  // `peer_agent`: the other end's name from its TLS certificate (empty without TLS).
+  StreamChannel(std::vector<std::unique_ptr<Connection>> connections, const ChannelOptions& options,
+                std::string peer_agent = {});
   ~StreamChannel() override;
 
   int streams() const override { return static_cast<int>(streams_.size()); }
+  std::string peer_agent() const override { return peer_agent_; }
   Status Send(std::vector<uint8_t> data, int stream) override;
   Status SendPages(PageBatch pages, int stream) override;
   Result<Message> Receive(std::chrono::milliseconds timeout) override;
@@ -93,6 +96,7 @@ class StreamChannel final : public Channel {
   void StopStreams();
 
   ChannelOptions options_;
+  const std::string peer_agent_;
   std::vector<std::unique_ptr<Stream>> streams_;
   std::atomic<uint64_t> round_robin_{0};
 

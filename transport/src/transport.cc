@@ -15,6 +15,7 @@
 #include "elsa/transport/transport.h"
 #include "handshake.h"
 #include "stream_channel.h"
+#include "tls_connection.h"
 
 namespace elsa::transport {
 namespace {
@@ -22,7 +23,9 @@ namespace {
 Status ValidateOptions(const ChannelOptions& o) {
   if (o.streams < 1 || o.streams > kMaxStreams)
     return Status::InvalidArgument("streams must be between 1 and " + std::to_string(kMaxStreams));
-  if (o.secret.empty()) return Status::InvalidArgument("a shared secret is required on both ends of a transport");
+  // Never a channel nobody authenticated: certificates, or at least the shared secret.
+  if (o.secret.empty() && !o.tls)
+    return Status::InvalidArgument("a transport needs TLS certificates or a shared secret on both ends");
   if (o.max_frame_bytes < 4096 || o.max_frame_bytes > (1u << 30))
     return Status::InvalidArgument("max_frame_bytes must be between 4 KiB and 1 GiB");
   if (o.send_queue_frames < 1) return Status::InvalidArgument("send_queue_frames must be at least 1");
@@ -37,6 +40,14 @@ Result<std::unique_ptr<Connection>> Wrap(Backend backend, UniqueFd fd, Deadline 
   }
   return MakeTcpConnection(std::move(fd));
 }
+
+// A stream that passed its handshakes: the connection (inside TLS if configured), the client's
+// HELLO, and with TLS the connecting agent's name from its certificate.
+struct AdmittedStream {
+  std::unique_ptr<Connection> conn;
+  Hello hello;
+  std::string agent;
+};
 
 std::string PeerName(int fd) {
   sockaddr_storage addr{};
@@ -55,8 +66,14 @@ class StreamListener final : public Listener {
   static constexpr size_t kMaxPendingHandshakes = 64;
   static constexpr size_t kMaxPendingPerPeer = 8;
 
-  StreamListener(Backend backend, UniqueFd fd, uint16_t port, ChannelOptions options, UniqueFd wake)
-      : backend_(backend), fd_(std::move(fd)), port_(port), options_(std::move(options)), wake_(std::move(wake)) {}
+  StreamListener(Backend backend, UniqueFd fd, uint16_t port, ChannelOptions options,
+                 std::shared_ptr<const TlsIdentity> identity, UniqueFd wake)
+      : backend_(backend),
+        fd_(std::move(fd)),
+        port_(port),
+        options_(std::move(options)),
+        identity_(std::move(identity)),
+        wake_(std::move(wake)) {}
 
   ~StreamListener() override {
     {
@@ -116,44 +133,81 @@ class StreamListener final : public Listener {
     std::vector<std::unique_ptr<Connection>> connections;
     size_t ready = 0;
     Clock::time_point started;
+    std::string agent;  // with TLS: the connecting agent, from its certificate
   };
 
   void Handshake(UniqueFd conn_fd, const std::string& peer) {
     const int raw = conn_fd.get();
     const Deadline deadline = Clock::now() + options_.handshake_timeout;
     Result<std::unique_ptr<Connection>> conn = Wrap(backend_, std::move(conn_fd), deadline);
-    Result<Hello> hello = conn.ok() ? ServerHandshake(**conn, options_.secret, deadline) : conn.status();
+    Result<AdmittedStream> admitted = conn.ok() ? Admit(std::move(*conn), deadline) : conn.status();
     std::lock_guard lock(mu_);
     pending_.erase(raw);
     if (!conn.ok()) {
       if (conn.status().code() == StatusCode::kFailedPrecondition) fatal_ = conn.status();
       else options_.log.Warning("transport: dropped a connection from " + peer + ": " + conn.status().message());
-    } else if (!hello.ok()) {
-      if (!stopping_) options_.log.Warning("transport: refused a connection from " + peer + ": " + hello.status().message());
+    } else if (!admitted.ok()) {
+      if (!stopping_)
+        options_.log.Warning("transport: refused a connection from " + peer + ": " + admitted.status().message());
     } else {
-      Join(std::move(*conn), *hello, peer);
+      Join(std::move(*admitted), peer);
     }
     const uint64_t one = 1;
     (void)!::write(wake_.get(), &one, sizeof one);
   }
 
+  // TLS (if configured), then the stream's proof, keyed to the TLS session.
+  Result<AdmittedStream> Admit(std::unique_ptr<Connection> conn, Deadline deadline) {
+    AdmittedStream out;
+    std::string key = options_.secret;
+    std::function<Status()> admit;
+    if (identity_) {
+      ELSA_ASSIGN_OR_RETURN(std::unique_ptr<TlsConnection> tls,
+                            TlsConnection::Handshake(std::move(conn), identity_, /*server=*/true, "", deadline));
+      out.agent = tls->peer_agent();
+      ELSA_ASSIGN_OR_RETURN(ExportedKey exported, tls->ExportBindingKey());
+      key = TlsBoundKey(exported, options_.secret);
+      conn = std::move(tls);
+      if (options_.tls->authorize) {
+        admit = [this, &out] {
+          Status allowed = options_.tls->authorize(out.agent, identity_->agent());
+          if (allowed.ok()) return allowed;
+          return Status::PermissionDenied("agent '" + out.agent + "' may not connect to '" + identity_->agent() +
+                                          "': " + allowed.message());
+        };
+      }
+    }
+    ELSA_ASSIGN_OR_RETURN(out.hello, ServerHandshake(*conn, key, deadline, admit));
+    out.conn = std::move(conn);
+    return out;
+  }
+
   // A stream joins its channel's group; the channel is ready once every stream has. mu_ held.
-  void Join(std::unique_ptr<Connection> conn, const Hello& hello, const std::string& peer) {
+  void Join(AdmittedStream stream, const std::string& peer) {
     DropStaleGroups();
+    const Hello& hello = stream.hello;
     Group& g = groups_[hello.channel_id];
     if (g.connections.empty()) {
       g.connections.resize(hello.stream_count);
       g.started = Clock::now();
+      g.agent = stream.agent;
     }
     if (g.connections.size() != hello.stream_count || g.connections[hello.stream_index]) {
       options_.log.Warning("transport: dropped a stream from " + peer + ": inconsistent stream numbering");
       return;
     }
-    g.connections[hello.stream_index] = std::move(conn);
+    // Every stream of a channel comes from the same agent: no one joins another's channel.
+    if (g.agent != stream.agent) {
+      options_.log.Warning("transport: dropped a stream from " + peer + ": agent '" + stream.agent +
+                           "' tried to join a channel of agent '" + g.agent + "'");
+      return;
+    }
+    g.connections[hello.stream_index] = std::move(stream.conn);
     if (++g.ready == g.connections.size()) {
       std::vector<std::unique_ptr<Connection>> connections = std::move(g.connections);
+      std::string agent = std::move(g.agent);
       groups_.erase(hello.channel_id);
-      ready_.push_back(std::make_unique<StreamChannel>(std::move(connections), options_));
+      ready_.push_back(std::make_unique<StreamChannel>(std::move(connections), options_, std::move(agent)));
     }
   }
 
@@ -169,6 +223,7 @@ class StreamListener final : public Listener {
   UniqueFd fd_;
   uint16_t port_;
   ChannelOptions options_;
+  std::shared_ptr<const TlsIdentity> identity_;  // null without TLS
   UniqueFd wake_;  // an eventfd: a handshake finished
 
   std::mutex mu_;
@@ -188,11 +243,15 @@ class StreamTransport final : public Transport {
   Result<std::unique_ptr<Listener>> Listen(const Endpoint& where, const ChannelOptions& options) override {
     ELSA_RETURN_IF_ERROR(ValidateOptions(options));
     uint16_t port = 0;
+    std::shared_ptr<const TlsIdentity> identity;
+    if (options.tls) {
+      ELSA_ASSIGN_OR_RETURN(identity, TlsIdentity::Load(*options.tls, /*server=*/true));
+    }
     ELSA_ASSIGN_OR_RETURN(UniqueFd fd, ListenTcp(where, &port));
     UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     if (!wake) return Status::FromErrno("eventfd", errno);
-    return std::unique_ptr<Listener>(
-        std::make_unique<StreamListener>(backend_, std::move(fd), port, options, std::move(wake)));
+    return std::unique_ptr<Listener>(std::make_unique<StreamListener>(backend_, std::move(fd), port, options,
+                                                                      std::move(identity), std::move(wake)));
   }
 
   Result<std::unique_ptr<Channel>> Connect(const Endpoint& peer, const ChannelOptions& options) override {
@@ -201,17 +260,46 @@ class StreamTransport final : public Transport {
     Hello hello;
     hello.stream_count = static_cast<uint16_t>(options.streams);
     ELSA_RETURN_IF_ERROR(FillRandom(hello.channel_id));
+    std::shared_ptr<const TlsIdentity> identity;
+    if (options.tls) {
+      ELSA_ASSIGN_OR_RETURN(identity, TlsIdentity::Load(*options.tls, /*server=*/false));
+    }
+    const std::string where = "connecting to " + peer.host + ":" + std::to_string(peer.port);
+    std::string peer_agent;
     std::vector<std::unique_ptr<Connection>> connections;
     for (int i = 0; i < options.streams; ++i) {
       ELSA_ASSIGN_OR_RETURN(UniqueFd fd, ConnectTcp(peer, deadline));
       ELSA_ASSIGN_OR_RETURN(std::unique_ptr<Connection> conn, Wrap(backend_, std::move(fd), deadline));
+      std::string key = options.secret;
+      if (identity) {
+        auto tls = TlsConnection::Handshake(std::move(conn), identity, /*server=*/false, peer.host, deadline);
+        if (!tls.ok()) return tls.status().WithContext(where);
+        if (i == 0) {
+          peer_agent = (*tls)->peer_agent();
+          if (options.tls->authorize) {
+            if (Status allowed = options.tls->authorize(identity->agent(), peer_agent); !allowed.ok())
+              return Status::PermissionDenied(where + ": agent '" + identity->agent() + "' may not connect to '" +
+                                              peer_agent + "': " + allowed.message());
+          }
+        } else if ((*tls)->peer_agent() != peer_agent) {
+          return Status::Unauthenticated(where + ": stream " + std::to_string(i) + " reached agent '" +
+                                         (*tls)->peer_agent() + "', the first reached '" + peer_agent + "'");
+        }
+        ELSA_ASSIGN_OR_RETURN(ExportedKey exported, (*tls)->ExportBindingKey());
+        key = TlsBoundKey(exported, options.secret);
+        conn = std::move(*tls);
+      }
       hello.stream_index = static_cast<uint16_t>(i);
       ELSA_RETURN_IF_ERROR(FillRandom(hello.nonce));
-      Status s = ClientHandshake(*conn, options.secret, hello, deadline);
-      if (!s.ok()) return s.WithContext("connecting to " + peer.host + ":" + std::to_string(peer.port));
+      Status s = ClientHandshake(*conn, key, hello, deadline);
+      if (s.code() == StatusCode::kPermissionDenied && identity)
+        return Status::PermissionDenied(where + ": agent '" + peer_agent + "' refuses channels from agent '" +
+                                        identity->agent() + "' (its allowlist, elsad --peer-allow, has no rule '" +
+                                        identity->agent() + " -> " + peer_agent + "')");
+      if (!s.ok()) return s.WithContext(where);
       connections.push_back(std::move(conn));
     }
-    return std::unique_ptr<Channel>(std::make_unique<StreamChannel>(std::move(connections), options));
+    return std::unique_ptr<Channel>(std::make_unique<StreamChannel>(std::move(connections), options, peer_agent));
   }
 
  private:
@@ -250,6 +338,12 @@ Result<Compression> ParseCompression(std::string_view name) {
   if (name == "always") return Compression::kAlways;
   if (name == "adaptive") return Compression::kAdaptive;
   return Status::InvalidArgument("unknown compression '" + std::string(name) + "' (off, always, adaptive)");
+}
+
+Result<std::string> LoadPeerIdentity(const PeerTls& tls) {
+  ELSA_RETURN_IF_ERROR(TlsIdentity::Load(tls, /*server=*/false).status());
+  ELSA_ASSIGN_OR_RETURN(std::shared_ptr<const TlsIdentity> identity, TlsIdentity::Load(tls, /*server=*/true));
+  return identity->agent();
 }
 
 Result<std::unique_ptr<Transport>> MakeTransport(Backend backend) {

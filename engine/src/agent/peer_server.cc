@@ -7,8 +7,10 @@
 namespace elsa {
 
 Result<std::unique_ptr<PeerServer>> PeerServer::Start(Agent& agent, const std::string& address) {
-  if (agent.config().peer_secret.empty())
-    return Status::InvalidArgument("--listen needs a peer secret (--peer-secret-file): agents authenticate each other");
+  if (!agent.config().PeerAuthConfigured())
+    return Status::InvalidArgument(
+        "--listen needs the agents' certificates (--peer-cert, --peer-key, --peer-ca) or at least a shared secret "
+        "(--peer-secret-file): agents authenticate each other");
   ELSA_ASSIGN_OR_RETURN(auto where, peer::ParseHostPort(address));
   ELSA_ASSIGN_OR_RETURN(transport::Backend backend, transport::ParseBackend(agent.config().peer_backend));
   ELSA_ASSIGN_OR_RETURN(auto transport, transport::MakeTransport(backend));
@@ -39,8 +41,10 @@ void PeerServer::AcceptLoop() {
       continue;
     }
     migrations_.Start([this, c = std::shared_ptr<transport::Channel>(std::move(*channel))] {
+      const std::string from = c->peer_agent();
       Status st = agent_.AcceptMigration(*c);
-      if (!st.ok()) agent_.config().log.With("op", "incoming-migration").Error(st.ToString());
+      if (!st.ok())
+        agent_.config().log.With("op", "incoming-migration").With("from", from.empty() ? "?" : from).Error(st.ToString());
       (void)c->Close(std::chrono::seconds(5));
     });
   }

@@ -11,20 +11,9 @@
 #include <utility>
 
 #include "api/api_connection.h"
+#include "elsa/openssl_util.h"
 
 namespace elsa {
-
-struct SslCtxFree {
-  void operator()(SSL_CTX* ctx) const { SSL_CTX_free(ctx); }
-};
-struct SslFree {
-  void operator()(SSL* ssl) const { SSL_free(ssl); }
-};
-using SslCtxPtr = std::unique_ptr<SSL_CTX, SslCtxFree>;
-using SslPtr = std::unique_ptr<SSL, SslFree>;
-
-// OpenSSL's queued errors as one sentence (and the queue emptied); `fallback` when it is empty.
-std::string TakeOpenSslErrors(std::string_view fallback = "no detail from OpenSSL");
 
 // "HOST:PORT" or "[V6]:PORT" (the port is required) -> host, port.
 Result<std::pair<std::string, std::string>> SplitHostPort(const std::string& address);
@@ -36,9 +25,6 @@ Result<UniqueFd> ConnectTcp(const std::string& address, int timeout_ms);
 // closes: closing with its request unread would reset the connection, and the reset can
 // overtake the last words that tell the client why (a TLS alert, a plain-text refusal).
 void DrainAndClose(UniqueFd& fd, int timeout_ms);
-
-// A context for TLS 1.3 only, server or client side.
-Result<SslCtxPtr> NewTls13Context(bool server);
 
 class TlsConnection final : public ApiConnection {
  public:

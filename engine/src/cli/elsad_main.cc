@@ -13,6 +13,7 @@
 #include "elsa/engine/agent.h"
 #include "elsa/engine/peer_server.h"
 #include "elsa/engine/api.h"
+#include "elsa/engine/api_auth.h"
 #include "elsa/engine/tls_api_server.h"
 #include "elsa/fd_io.h"
 #include "elsa/file_util.h"
@@ -78,8 +79,18 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   std::string listen, secret_file;
   app.add_option("--listen", listen, "HOST[:PORT] where other agents reach this one for migrations (port 7077)");
+  std::string peer_cert, peer_key, peer_ca, peer_allow;
+  app.add_option("--peer-cert", peer_cert,
+                 "this agent's certificate for migrations (PEM, URI SAN elsa-agent:NAME: tools/elsa-ca issue DIR NAME "
+                 "--peer); with it every channel between agents is mutual TLS 1.3");
+  app.add_option("--peer-key", peer_key, "its private key (PEM, mode 600)");
+  app.add_option("--peer-ca", peer_ca, "the fleet's CA: other agents must present a certificate it signed");
+  app.add_option("--peer-allow", peer_allow,
+                 "who may send sessions to whom: lines 'SOURCE -> DEST', agent names or * (default: every agent "
+                 "of the fleet CA)");
   app.add_option("--peer-secret-file", secret_file,
-                 "file holding the secret shared by every agent (needed to migrate, to or from here)");
+                 "a secret shared by every agent, mixed into each stream's proof; alone, without --peer-cert, "
+                 "deprecated (plaintext page traffic: for tests)");
   app.add_option("--peer-transport", config.peer_backend, "tcp or uring, between agents")->capture_default_str();
   int peer_timeout_s = config.peer_timeout_ms / 1000;
   app.add_option("--peer-timeout", peer_timeout_s,
@@ -146,6 +157,39 @@ int main(int argc, char** argv) {
       log.Error("the peer secret in " + secret_file + " is shorter than 16 characters");
       return 1;
     }
+  }
+  if (!peer_cert.empty() || !peer_key.empty() || !peer_ca.empty()) {
+    if (peer_cert.empty() || peer_key.empty() || peer_ca.empty()) {
+      log.Error("--peer-cert, --peer-key and --peer-ca go together: the agent's certificate, its key, the fleet's CA");
+      return 1;
+    }
+    if (elsa::Status s = elsa::CheckSecretFile(peer_key, "--peer-key"); !s.ok()) {
+      log.Error(s.message());
+      return 1;
+    }
+    elsa::transport::PeerTls tls{peer_cert, peer_key, peer_ca, {}};
+    auto agent = elsa::transport::LoadPeerIdentity(tls);
+    if (!agent.ok()) {
+      log.Error("peer TLS: " + agent.status().message());
+      return 1;
+    }
+    config.peer_tls = std::move(tls);
+    log.Info("between agents: mutual TLS 1.3 as agent '" + *agent + "'");
+  } else if (!secret_file.empty()) {
+    log.Warning("between agents: shared secret only, page traffic in plaintext (deprecated; give --peer-cert, "
+                "--peer-key and --peer-ca)");
+  }
+  if (!peer_allow.empty()) {
+    if (!config.peer_tls) {
+      log.Error("--peer-allow names agents by their certificates: it needs --peer-cert, --peer-key and --peer-ca");
+      return 1;
+    }
+    auto allow = elsa::PeerAllowlist::Load(peer_allow);
+    if (!allow.ok()) {
+      log.Error(allow.status().message());
+      return 1;
+    }
+    config.peer_allow = std::make_shared<const elsa::PeerAllowlist>(std::move(*allow));
   }
   int ready_fd = -1;
   if (daemon) {

@@ -50,8 +50,10 @@ MigrationSource::~MigrationSource() = default;
 
 Result<MigrateReport> MigrationSource::Run() {
   ELSA_RETURN_IF_ERROR(ValidateIdentifier("session name", name_));
-  if (host_.config().peer_secret.empty())
-    return Status::FailedPrecondition("this agent has no peer secret: start elsad with --peer-secret-file");
+  if (!host_.config().PeerAuthConfigured())
+    return Status::FailedPrecondition(
+        "this agent cannot authenticate to other agents: start elsad with --peer-cert, --peer-key and --peer-ca "
+        "(or, deprecated, --peer-secret-file)");
   ELSA_ASSIGN_OR_RETURN(destination_, peer::ParseHostPort(options_.to));
   ELSA_ASSIGN_OR_RETURN(SessionClaim claim, SessionClaim::Take(host_, name_));
   claim_.emplace(std::move(claim));

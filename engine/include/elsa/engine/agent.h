@@ -20,6 +20,7 @@
 #include "elsa/engine/criu_driver.h"
 #include "elsa/engine/manifest.h"
 #include "elsa/engine/migration.h"
+#include "elsa/engine/peer_allowlist.h"
 #include "elsa/engine/progress.h"
 #include "elsa/engine/session.h"
 #include "elsa/log.h"
@@ -40,7 +41,12 @@ class LazyPageSupply;
 struct AgentConfig {
   std::string state_dir = "/var/lib/elsa";
   CriuLocation criu;
-  // Between agents (migration): the shared secret both ends hold, and the transport backend.
+  // Between agents (migration): mutual TLS with a certificate per agent (--peer-cert, --peer-key,
+  // --peer-ca) and who may send to whom (--peer-allow); a shared secret, mixed into each stream's
+  // proof inside TLS, or alone when no certificates are configured (deprecated: tests, old
+  // fleets); and the transport backend.
+  std::optional<transport::PeerTls> peer_tls;
+  std::shared_ptr<const PeerAllowlist> peer_allow;  // null: every agent with a fleet certificate
   std::string peer_secret;
   std::string peer_backend = "tcp";
   int peer_streams = 4;
@@ -51,10 +57,19 @@ struct AgentConfig {
   // session outlives the agent; empty: the elsa-monitor next to this program.
   std::string monitor_binary;
 
+  // Agents authenticate each other by certificate or, without one, by the shared secret.
+  bool PeerAuthConfigured() const { return peer_tls.has_value() || !peer_secret.empty(); }
+
   transport::ChannelOptions PeerChannelOptions() const {
     transport::ChannelOptions options;
     options.log = log;
     options.secret = peer_secret;
+    options.tls = peer_tls;
+    if (options.tls && peer_allow) {
+      options.tls->authorize = [allow = peer_allow](std::string_view from, std::string_view to) {
+        return allow->Check(from, to);
+      };
+    }
     options.streams = peer_streams;
     options.io_timeout = std::chrono::milliseconds(peer_timeout_ms);
     return options;

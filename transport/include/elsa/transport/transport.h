@@ -9,14 +9,21 @@
 //
 // Frames sent on one stream arrive in order; frames on different streams may interleave. Every
 // frame carries an xxh3 checksum; a corrupted frame is never delivered and breaks the channel.
-// Both ends prove knowledge of a shared secret (HMAC-SHA256 challenge/response) before any
-// payload moves. Errors are values: kPeerClosed, kTimeout, kCorruption (checksum),
-// kProtocolError, kUnauthenticated, kEndOfStream (the peer closed cleanly).
+// With `ChannelOptions::tls` every stream is mutual TLS 1.3 (certificates from the fleet's CA,
+// one per agent, naming it); inside it, or alone when no certificates are configured (deprecated:
+// tests and old fleets), both ends prove a key (HMAC-SHA256 challenge/response) before any payload
+// moves: with TLS the key is exported from the TLS session (mixed with the shared secret if one is
+// set), so a stream cannot be spliced into another session. Errors are values: kPeerClosed,
+// kTimeout, kCorruption (checksum, or a TLS record that fails authentication), kProtocolError,
+// kUnauthenticated (no or a bad certificate, a wrong secret), kPermissionDenied (the peer is
+// known, but `authorize` refuses it), kEndOfStream (the peer closed cleanly).
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -49,9 +56,22 @@ enum class Compression {
 std::string_view CompressionName(Compression c);
 Result<Compression> ParseCompression(std::string_view name);  // "off", "always", "adaptive"
 
+// Mutual TLS 1.3 between agents. Each agent's certificate comes from the fleet's CA and names the
+// agent in a URI SAN "elsa-agent:NAME" (tools/elsa-ca issue DIR NAME --peer --ip ADDR).
+struct PeerTls {
+  std::string cert_file;  // this agent's certificate (PEM)
+  std::string key_file;   // its private key (PEM)
+  std::string ca_file;    // the fleet's CA: a peer must present a certificate it signed
+  // Who may open a channel to whom, by agent name: asked on both ends once the peer's certificate
+  // verified, with the connecting agent's name and the accepting one's. An error refuses the
+  // channel; the connecting end gets kPermissionDenied naming both. Empty: every verified peer.
+  std::function<Status(std::string_view from, std::string_view to)> authorize;
+};
+
 struct ChannelOptions {
   int streams = 4;     // parallel TCP connections, 1..64
-  std::string secret;  // shared secret, required on both ends
+  std::string secret;  // shared secret: required without `tls`; with it, optional and mixed into each proof
+  std::optional<PeerTls> tls;  // mutual TLS on every stream (the page traffic is users' memory)
   Compression compression = Compression::kAdaptive;
   bool zero_copy = false;                          // io_uring only: IORING_OP_SENDMSG_ZC for big frames
   std::chrono::milliseconds io_timeout{30000};     // a peer that stalls this long fails the channel
@@ -119,6 +139,8 @@ class Channel {
  public:
   virtual ~Channel() = default;
   virtual int streams() const = 0;
+  // The other agent's name from its TLS certificate (elsa-agent:NAME); empty without TLS.
+  virtual std::string peer_agent() const { return {}; }
 
   // Queue a message on `stream` (-1: the next stream in turn). Blocks while that stream's queue
   // is full; fails once the channel is broken or closed.
@@ -158,6 +180,10 @@ class Transport {
   virtual Result<std::unique_ptr<Listener>> Listen(const Endpoint& where, const ChannelOptions& options) = 0;
   virtual Result<std::unique_ptr<Channel>> Connect(const Endpoint& peer, const ChannelOptions& options) = 0;
 };
+
+// Loads `tls` as a listener and a connector would, and returns the agent's own name from its
+// certificate: a program checks its configuration once, at start, rather than at the first channel.
+Result<std::string> LoadPeerIdentity(const PeerTls& tls);
 
 // FailedPrecondition, with the reason, when the backend cannot run here (e.g. io_uring disabled).
 Result<std::unique_ptr<Transport>> MakeTransport(Backend backend);
