@@ -21,6 +21,7 @@ from elsa_jupyter import CellLoop, JupyterServer
 JUPYTER_PORT = 8888
 PROXY_PORT, PROXY_API_PORT = 8000, 8001
 PEER_PORT = 7077
+ELSA_CA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "elsa-ca")
 ROUTE = "/user/bob"
 
 
@@ -68,16 +69,18 @@ def run(step, show, bin_dir, proxy_bin, array_mib):
     """Runs the migration demo; returns a summary line."""
     hosts = SimulatedHosts(3, prefix="edemo", subnet=77)
     with hosts, tempfile.TemporaryDirectory(prefix="elsa-demo-") as tmp:
-        secret = os.path.join(tmp, "peer-secret")
-        with open(secret, "w") as f:
-            f.write(secrets.token_hex(24))
-        os.chmod(secret, 0o600)
+        # Each agent proves itself with a certificate from the fleet's CA; the pages cross in TLS 1.3.
+        ca_dir = os.path.join(tmp, "elsa-ca")
+        for cmd in (["init", ca_dir], *(["issue", ca_dir, h, "--peer", "--ip", hosts.address(h)] for h in ("h1", "h2"))):
+            subprocess.run([ELSA_CA, *cmd], check=True, capture_output=True, text=True)
 
         def agent(host):
             return ElsaAgent(bin_dir, netns=hosts.netns(host), extra_args=[
-                "--listen", f"{hosts.address(host)}:{PEER_PORT}", "--peer-secret-file", secret])
+                "--listen", f"{hosts.address(host)}:{PEER_PORT}", "--peer-cert", os.path.join(ca_dir, f"{host}.crt"),
+                "--peer-key", os.path.join(ca_dir, f"{host}.key"), "--peer-ca", os.path.join(ca_dir, "ca.crt")])
 
-        with step("three simulated hosts: h1 and h2 run elsad, h3 runs elsa-proxy (the hub's proxy)"):
+        with step("three simulated hosts: h1 and h2 run elsad (mutual TLS between them, certificates from "
+                  "tools/elsa-ca), h3 runs elsa-proxy (the hub's proxy)"):
             hosts.shape("10gbit")
             a1, a2 = agent("h1").start(), agent("h2").start()
             proxy = ProxyOnHost(proxy_bin, hosts, "h3")

@@ -158,6 +158,27 @@ TEST_F(Postcopy, AWantIsAnsweredBeforeTheRestOfThePush) {
   ExpectEveryPage();
 }
 
+// During the restore nothing is pushed: every fault is a want. A want for more pages than one
+// push batch must be answered whole, or a later fault inside its tail (marked wanted, so not
+// asked for again) waits until the read gives up: a 30 s stall seen in the demo's migrations.
+TEST_F(Postcopy, AWantLargerThanAPushBatchIsAnsweredWhole) {
+  Build({{0, 1024, [](size_t i) { return i; }}}, 4, 3s);
+  if (HasFatalFailure()) return;
+  auto serving = std::async(std::launch::async, [&] { return pusher_->AwaitControl(10s); });  // no push yet
+  auto first = ReadAsync(run_starts_[0], 600).get();
+  ASSERT_TRUE(first.ok()) << first.status().message();
+  ExpectBytes(run_starts_[0], *first);
+  const uint64_t tail = run_starts_[0] + 400 * kPage;  // past the first 256, within the first want
+  auto second = ReadAsync(tail, 1).get();
+  ASSERT_TRUE(second.ok()) << "a page of an earlier want never came: " << second.status().message();
+  ExpectBytes(tail, *second);
+  EXPECT_EQ(pages_->wants(), 1u) << "the second read found its page already there";
+  ASSERT_TRUE(pair_.server->Send(peer::EncodeControl(peer::Committed{}), 0).ok());
+  auto next = serving.get();
+  ASSERT_TRUE(next.ok()) << next.status().message();
+  EXPECT_TRUE(std::holds_alternative<peer::Committed>(*next));
+}
+
 TEST_F(Postcopy, WantsForPagesAlreadySentAreNotSentAgain) {
   Build({{0, 8, [](size_t i) { return i; }}});
   if (HasFatalFailure()) return;

@@ -107,7 +107,8 @@ Result<size_t> PostcopyPages::ReadOrGiveUp(uint64_t pid, uint64_t vaddr, size_t 
       if (state_[place->index] == kMissing) {
         // Ask for the whole stretch that has not arrived: the session will likely touch it next.
         size_t span = 0;
-        while (span < n && state_[place->index + span] == kMissing) state_[place->index + span++] = kWanted;
+        const size_t most = std::min<size_t>(n, peer::kMaxWantPages);  // the source answers no more
+        while (span < most && state_[place->index + span] == kMissing) state_[place->index + span++] = kWanted;
         wants_++;
         lock.unlock();
         Status asked = want_(*task, vaddr, span);

@@ -17,7 +17,6 @@ using namespace std::chrono_literals;
 using page_server::PageHash;
 
 constexpr uint64_t kPushPages = 256;      // 1 MiB read, hashed and sent at a time
-constexpr uint64_t kMaxWantPages = 1024;  // what one want may ask for
 
 }  // namespace
 
@@ -32,7 +31,7 @@ PostcopyPusher::PostcopyPusher(transport::Channel& channel, const LazyPlan& plan
     const auto* want = std::get_if<peer::Want>(&control);
     if (!want) return false;
     std::lock_guard lock(wants_mu_);
-    wants_.push_back({want->task, want->vaddr, std::min(want->pages, kMaxWantPages)});
+    wants_.push_back({want->task, want->vaddr, std::min(want->pages, peer::kMaxWantPages)});
     return true;
   };
   reader_ = std::make_unique<PeerReader>(channel, std::move(handlers));
@@ -94,7 +93,11 @@ Status PostcopyPusher::ServeWants() {
     if (!place) return Status::ProtocolError("the destination wants a page that is not lazy (0x" + HexU64(w.vaddr) + ")");
     auto run = std::upper_bound(plan_.runs().begin(), plan_.runs().end(), place->index,
                                 [](uint64_t i, const LazyPlan::Run& r) { return i < r.first; }) - 1;
-    ELSA_RETURN_IF_ERROR(Send(*run, place->index - run->first, std::min({w.pages, place->left, kPushPages}), true));
+    // All of it: the destination waits on every page it asked for (stopping at kPushPages left
+    // the rest of a large fault to a bulk push that does not run until the restore is over).
+    const uint64_t offset = place->index - run->first, wanted = std::min(w.pages, place->left);
+    for (uint64_t done = 0; done < wanted; done += kPushPages)
+      ELSA_RETURN_IF_ERROR(Send(*run, offset + done, std::min(kPushPages, wanted - done), true));
   }
 }
 

@@ -107,6 +107,10 @@ struct PageRef {
   uint64_t hash_high = 0;
 };
 inline constexpr size_t kMaxRefsPerMessage = 8192;
+// The most pages one `want` asks for; the source sends every one of them at once. A destination
+// that marks more as wanted than the source answers waits on the rest until the bulk push reaches
+// them, which before `restored` never comes.
+inline constexpr uint64_t kMaxWantPages = 1024;
 
 struct FileChunk {
   std::string name;  // a plain file name (ValidateIdentifier rules)
