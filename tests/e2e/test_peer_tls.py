@@ -5,13 +5,14 @@ move it, and it keeps running where it was."""
 
 import os
 import subprocess
+import time
 
 import pytest
 from elsa_agent import ElsaAgent
 from elsa_jupyter import JupyterServer
 from test_checkpoint_restore import CHECK_ARRAY
 from test_migrate import PEER_PORT, run_on_h1
-from test_migrate_faults import assert_running_on_h1
+from test_migrate_faults import CorruptingRelay, assert_running_on_h1
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ELSA_CA = os.path.join(REPO, "tools", "elsa-ca")
@@ -26,10 +27,10 @@ class Fleet:
         self.ca_dir = os.path.join(root, "fleet-ca")
         subprocess.run([ELSA_CA, "init", self.ca_dir], check=True, capture_output=True)
 
-    def issue(self, host, ca_dir=None):
+    def issue(self, host, ca_dir=None, also_at=()):
         ca_dir = ca_dir or self.ca_dir
-        subprocess.run([ELSA_CA, "issue", ca_dir, host, "--peer", "--ip", self.hosts.address(host)], check=True,
-                       capture_output=True)
+        ips = [a for h in (host, *also_at) for a in ("--ip", self.hosts.address(h))]
+        subprocess.run([ELSA_CA, "issue", ca_dir, host, "--peer", *ips], check=True, capture_output=True)
         return os.path.join(ca_dir, f"{host}.crt"), os.path.join(ca_dir, f"{host}.key")
 
 
@@ -96,6 +97,32 @@ def test_a_destination_whose_allowlist_forbids_the_source_refuses(hosts, bin_dir
         assert "agent 'h2' refuses channels from agent 'h1'" in failed.stderr, failed.stderr
         assert "alice" not in a2.sessions()
         assert "lets 'h1' send sessions to 'h2'" in a2.agent_log()
+        assert_running_on_h1(a1, hosts, server, kernel)
+
+
+def test_a_relay_flipping_one_encrypted_byte_fails_the_migration_and_the_session_stays(hosts, bin_dir, workdir,
+                                                                                       fleet):
+    """A man in the middle (a relay on h1 that h2's certificate also names, so the handshake
+    passes) flips one bit of the ciphertext: TLS refuses the record, the migration fails and the
+    session runs on h1 as before."""
+    ca = fleet_ca(fleet)
+    with tls_agent(bin_dir, hosts, "h1", fleet.issue("h1"), ca) as a1, \
+            tls_agent(bin_dir, hosts, "h2", fleet.issue("h2", also_at=("h1",)), ca) as a2:
+        server, kernel = run_on_h1(a1, hosts, workdir, mib=SESSION_MIB)
+        relay = CorruptingRelay(hosts, (hosts.address("h2"), PEER_PORT), after=16 << 20)
+        try:
+            failed = a1.cli("migrate", "alice", "--to", f"{hosts.address('h1')}:{relay.port}", check=False)
+        finally:
+            relay.close()
+        assert relay.flipped, "the relay damaged a record"
+        assert failed.returncode != 0
+        print(failed.stderr)
+        assert "running here" in failed.stderr, failed.stderr
+        deadline = time.monotonic() + 15
+        while "failed authentication" not in a2.agent_log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "failed authentication" in a2.agent_log(), "h2 saw the damage: " + a2.agent_log()[-2000:]
+        assert "alice" not in a2.sessions()
         assert_running_on_h1(a1, hosts, server, kernel)
 
 
