@@ -97,4 +97,39 @@ inline void MakePair(const ChannelVariant& variant, const ChannelOptions& option
   MakePair(variant.backend, client, pair, &server);
 }
 
+// Frames of 1000 bytes (frame i all `first + i`) sent on stream 0 through a relay at
+// `relay_port` that damages them on the way to `listener`: how many the receiver got, each
+// checked intact, before the channel broke, and how it broke.
+struct DamagedDelivery {
+  int sent = 0;       // before the sender saw the channel break
+  int delivered = 0;  // intact frames received
+  Status end;         // the receiver's error
+  bool sender_learned = false;  // the sender's Flush failed instead of waiting forever
+};
+inline DamagedDelivery SendThroughDamage(Transport& transport, Listener& listener, uint16_t relay_port,
+                                         const ChannelOptions& options, int frames, uint8_t first) {
+  DamagedDelivery out;
+  auto accepting = std::async(std::launch::async, [&] { return listener.Accept(5s); });
+  auto client = transport.Connect({"127.0.0.1", relay_port}, options);
+  auto server = accepting.get();
+  if (!client.ok() || !server.ok()) {
+    ADD_FAILURE() << "connecting through the relay: " << (client.ok() ? server.status() : client.status()).message();
+    return out;
+  }
+  while (out.sent < frames &&
+         (*client)->Send(std::vector<uint8_t>(1000, static_cast<uint8_t>(first + out.sent)), 0).ok())
+    ++out.sent;
+  for (;;) {
+    auto m = (*server)->Receive(5s);
+    if (!m.ok()) {
+      out.end = m.status();
+      break;
+    }
+    EXPECT_EQ(m->data, std::vector<uint8_t>(1000, static_cast<uint8_t>(first + out.delivered))) << "only intact frames";
+    ++out.delivered;
+  }
+  out.sender_learned = !(*client)->Flush(5s).ok();
+  return out;
+}
+
 }  // namespace elsa::transport::testing
