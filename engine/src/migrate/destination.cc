@@ -252,6 +252,7 @@ Status MigrationDestination::AwaitCommit() {
   const std::string& fault = host_.config().test_fault;
   if (fault == "die-at-commit") ::raise(SIGKILL);  // as `kill -9` would, before `committed` is said
   ELSA_RETURN_IF_ERROR(StandAlone());
+  if (fault == "die-after-standing-alone") ::raise(SIGKILL);  // the copy outlives us; `committed` unsaid
   ELSA_RETURN_IF_ERROR(channel_.Send(peer::EncodeControl(peer::Committed{}), 0));
   ELSA_RETURN_IF_ERROR(channel_.Flush(10s));
   if (fault == "die-after-committed") ::raise(SIGKILL);  // the source has heard `committed`

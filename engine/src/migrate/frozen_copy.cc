@@ -46,7 +46,7 @@ std::string FrozenCopyPath(const std::string& state_dir, const std::string& sess
 Status RecordFrozenCopy(const std::string& state_dir, const FrozenCopy& copy) {
   json j = {{"session", copy.session}, {"pid", copy.pid},   {"start_ticks", copy.start_ticks},
             {"lock_table", copy.lock_table}, {"host", copy.host}, {"port", copy.port},
-            {"dump_dir", copy.dump_dir}};
+            {"dump_dir", copy.dump_dir}, {"commit_sent", copy.commit_sent}};
   return WriteFileAtomic(FrozenCopyPath(state_dir, copy.session), DumpJson(j));
 }
 
@@ -73,7 +73,8 @@ std::vector<FrozenCopy> ReadFrozenCopies(const std::string& state_dir, const Log
         .Required("lock_table", &copy.lock_table)
         .Required("host", &copy.host)
         .Required("port", &copy.port)
-        .Optional("dump_dir", &copy.dump_dir);
+        .Optional("dump_dir", &copy.dump_dir)
+        .Optional("commit_sent", &copy.commit_sent);
     Status st = text.ok() ? r.status() : text.status();
     if (st.ok()) st = ValidateIdentifier("session name", copy.session);
     if (!st.ok() || copy.pid <= 0) {
@@ -86,14 +87,15 @@ std::vector<FrozenCopy> ReadFrozenCopies(const std::string& state_dir, const Log
 }
 
 Result<peer::Outcome> AskWhereSessionRuns(const AgentConfig& config, const std::pair<std::string, uint16_t>& destination,
-                                          const std::string& session) {
+                                          const std::string& session, bool commit_sent) {
   ELSA_ASSIGN_OR_RETURN(transport::Backend backend, transport::ParseBackend(config.peer_backend));
   ELSA_ASSIGN_OR_RETURN(auto transport, transport::MakeTransport(backend));
   transport::ChannelOptions options = config.PeerChannelOptions();
   options.streams = 1;
   auto channel = transport->Connect({destination.first, destination.second}, options);
   if (!channel.ok()) {
-    if (channel.status().message().find(std::strerror(ECONNREFUSED)) != std::string::npos) return peer::Outcome::kAbsent;
+    if (!commit_sent && channel.status().message().find(std::strerror(ECONNREFUSED)) != std::string::npos)
+      return peer::Outcome::kAbsent;
     return channel.status();
   }
   ELSA_RETURN_IF_ERROR((*channel)->Send(peer::EncodeControl(peer::Resolve{session}), 0));
@@ -104,9 +106,9 @@ Result<peer::Outcome> AskWhereSessionRuns(const AgentConfig& config, const std::
 }
 
 std::optional<bool> AskUntilKnown(const AgentConfig& config, const std::pair<std::string, uint16_t>& destination,
-                                  const std::string& session, const std::atomic<bool>& stop) {
+                                  const std::string& session, bool commit_sent, const std::atomic<bool>& stop) {
   while (!stop) {
-    Result<peer::Outcome> outcome = AskWhereSessionRuns(config, destination, session);
+    Result<peer::Outcome> outcome = AskWhereSessionRuns(config, destination, session, commit_sent);
     if (outcome.ok() && *outcome != peer::Outcome::kUndecided) return *outcome == peer::Outcome::kKept;
     for (int i = 0; i < 50 && !stop; ++i) std::this_thread::sleep_for(100ms);
   }
@@ -140,7 +142,7 @@ void SettleFrozenCopies(const AgentConfig& config,
     log.Warning("a migration to " + copy.host + " left this session frozen here (pid " + std::to_string(copy.pid) +
                 ") when its agent stopped: asking " + copy.host + " where it runs");
     start([config, copy, record, log](const std::atomic<bool>& stop) {
-      std::optional<bool> there = AskUntilKnown(config, {copy.host, copy.port}, copy.session, stop);
+      std::optional<bool> there = AskUntilKnown(config, {copy.host, copy.port}, copy.session, copy.commit_sent, stop);
       if (!there) return;  // this agent stops too: the record stays for the next
       // The same tree still? Between the question and now it could only have been killed.
       if (ProcessStartTicks(copy.pid) != copy.start_ticks) return (void)::unlink(record.c_str());

@@ -28,6 +28,7 @@ struct FrozenCopy {
   std::string host;          // the destination, to ask; empty: a checkpoint's (nobody to ask)
   uint16_t port = 0;
   std::string dump_dir;      // where CRIU's dump log is, naming its lock table (if lock_table is "")
+  bool commit_sent = false;  // the destination may have made its copy outlive its agent
 };
 
 std::string FrozenCopyPath(const std::string& state_dir, const std::string& session);
@@ -37,14 +38,16 @@ std::vector<FrozenCopy> ReadFrozenCopies(const std::string& state_dir, const Log
 // When `pid` started, in clock ticks after boot (/proc/PID/stat); 0 if it is gone.
 uint64_t ProcessStartTicks(pid_t pid);
 
-// One question on a fresh channel: where does `session` run? A refused connection is kAbsent:
-// no agent listens there, and an agent's sessions do not outlive it.
+// One question on a fresh channel: where does `session` run? Until `commit` was sent a refused
+// connection is kAbsent: no agent listens there, and the destination's copy (its lease not
+// settled) ends with its agent. After `commit` it is an error like any other: the destination
+// may have settled its copy, which then runs on without an agent to say so until the next starts.
 Result<peer::Outcome> AskWhereSessionRuns(const AgentConfig& config, const std::pair<std::string, uint16_t>& destination,
-                                          const std::string& session);
+                                          const std::string& session, bool commit_sent);
 // Asks every 5 s until the destination says: true, it runs the session; false, it has none.
 // nullopt if `stop` is set first.
 std::optional<bool> AskUntilKnown(const AgentConfig& config, const std::pair<std::string, uint16_t>& destination,
-                                  const std::string& session, const std::atomic<bool>& stop);
+                                  const std::string& session, bool commit_sent, const std::atomic<bool>& stop);
 
 // For a new agent: each recorded copy still frozen is settled: a migration's on a thread `start`
 // runs (ended if the destination runs the session, else resumed), a checkpoint's at once

@@ -90,7 +90,8 @@ Result<bool> MigrationSource::AskWhereItRuns(const Status& why, Clock::time_poin
   }
   Status last = Status::Ok();
   for (int attempt = 1;; ++attempt) {
-    Result<peer::Outcome> outcome = AskWhereSessionRuns(host_.config(), destination_, name_);
+    Result<peer::Outcome> outcome =
+        AskWhereSessionRuns(host_.config(), destination_, name_, frozen_record_.commit_sent);
     if (outcome.ok() && *outcome != peer::Outcome::kUndecided) return *outcome == peer::Outcome::kKept;
     last = outcome.ok() ? Status::Unavailable(out_.destination + " is still deciding") : outcome.status();
     Report(progress_, "resolve", "asking " + out_.destination + " whether it runs the session (attempt " +
@@ -111,8 +112,8 @@ Status MigrationSource::LeaveInDoubt(const Status& why, const Status& asking) {
   log_.Error("cannot tell whether " + out_.destination + " runs the session (" + asking.ToString() +
              "): it stays frozen here (pid " + std::to_string(pid) + ") until " + out_.destination + " answers");
   host_.ResolveLater([held, config = host_.config(), destination = destination_, name = name_,
-                      log = log_](const std::atomic<bool>& stop) {
-    std::optional<bool> there = AskUntilKnown(config, destination, name, stop);
+                      commit_sent = frozen_record_.commit_sent, log = log_](const std::atomic<bool>& stop) {
+    std::optional<bool> there = AskUntilKnown(config, destination, name, commit_sent, stop);
     if (!there) {
       log.Error("the agent stops before the destination could be asked: the session stays frozen here, and the "
                 "next agent on this state directory asks again");
@@ -237,7 +238,7 @@ Status MigrationSource::FreezeGate() {
 Status MigrationSource::Freeze() {
   // On disk before the tree stops, so that an agent dying from here on leaves a copy the next
   // one can settle (frozen_copy.h).
-  FrozenCopy record;
+  FrozenCopy& record = frozen_record_;
   record.session = name_;
   record.pid = claim_->info().pid;
   record.start_ticks = ProcessStartTicks(record.pid);
@@ -412,6 +413,10 @@ Status MigrationSource::Commit() {
   Report(progress_, "commit", "asking " + out_.destination + " to keep the session");
   const std::string& fault = host_.config().test_fault;
   if (fault == "hang-before-commit") std::this_thread::sleep_for(120s);
+  // From `commit` on, B may make its copy outlive its agent: its agent gone no longer means its
+  // copy is (AskWhereSessionRuns). On disk too, for the next agent here.
+  frozen_record_.commit_sent = true;
+  ELSA_RETURN_IF_ERROR(RecordFrozenCopy(host_.config().state_dir, frozen_record_).WithContext("recording the commit"));
   ELSA_RETURN_IF_ERROR(channel_->Send(peer::EncodeControl(peer::Commit{}), 0));
   ELSA_RETURN_IF_ERROR(peer::Expect<peer::Committed>(ReceiveControl(*channel_, 60s), "after the commit").status());
   if (fault == "die-after-committed") ::raise(SIGKILL);  // as `kill -9` would, with the frozen copy not yet ended

@@ -86,6 +86,7 @@ class MigrationSource {
   Manifest manifest_;
   std::unique_ptr<StoppedTree> stopped_;  // a pointer: an in-doubt migration hands it to a thread
   bool restore_sent_ = false;
+  FrozenCopy frozen_record_;  // on disk from the freeze until settled (frozen_copy.h)
   Clock::time_point frozen_at_;
   uint64_t wire_before_stop_ = 0;
   std::optional<LazyPlan> plan_;
