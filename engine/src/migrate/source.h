@@ -21,6 +21,7 @@
 #include "elsa/page_server/loopback.h"
 #include "elsa/transport/transport.h"
 #include "elsa/unique_fd.h"
+#include "migrate/frozen_copy.h"
 #include "migrate/host.h"
 #include "migrate/known_pages.h"
 #include "migrate/lazy_plan.h"
