@@ -29,6 +29,9 @@ MIB = 128  # the kernel's array: small enough for a case to take seconds
 #   die-at-commit (SIGKILL on receiving `commit`, before it answers).
 # - committed: the commit's other half, each side SIGKILLed by --test-fault die-after-committed
 #   (the destination once its `committed` is flushed, the source once it received it).
+# - restore-sent (source only): SIGKILLed once its `restore` is delivered, so the destination's
+#   restore runs while the pages it faults on have no source any more (an outside kill at the
+#   `restore` event lands on either side of that message).
 # - standing-alone (destination only): SIGKILLed once its copy outlives it, before `committed`.
 #   The source, refused by the dead agent, used to take that for "no copy there" and resume: two
 #   copies ran. It stays frozen until the new agent answers that it runs the session.
@@ -41,10 +44,12 @@ PHASES = {
     "commit": ("hybrid", "commit", None),
     "committed": ("hybrid", None, None),
     "standing-alone": ("hybrid", None, None),
+    "restore-sent": ("hybrid", None, None),
 }
 FAULTS = {("source", "commit"): "hang-before-commit", ("destination", "commit"): "die-at-commit",
           ("source", "committed"): "die-after-committed", ("destination", "committed"): "die-after-committed",
-          ("destination", "standing-alone"): "die-after-standing-alone"}
+          ("destination", "standing-alone"): "die-after-standing-alone",
+          ("source", "restore-sent"): "die-after-restore-sent"}
 SETTLE_SECONDS = 90  # the new agent's question to the other side, and the other side's answer
 
 
@@ -149,7 +154,7 @@ def run_case(hosts, workdir, side, phase, a1, a2):
         else:
             assert killer.phases_at_kill[-1] == event, killer.phases_at_kill
     else:
-        assert phase in ("commit", "committed", "standing-alone") and FAULTS.get((side, phase)), "the agent was killed"
+        assert FAULTS.get((side, phase)), "the agent was killed"
         assert victim.proc.returncode == -9, victim.proc.returncode
     hosts.shape(None)
     # The surviving side's outcome: the source's reply, or the destination's end of it.
@@ -209,8 +214,8 @@ def run_case(hosts, workdir, side, phase, a1, a2):
     return holder
 
 
-CASES = [(side, phase) for side in ("source", "destination") for phase in PHASES
-         if phase != "standing-alone" or side == "destination"]
+ONE_SIDED = {"standing-alone": "destination", "restore-sent": "source"}
+CASES = [(side, phase) for side in ("source", "destination") for phase in PHASES if ONE_SIDED.get(phase, side) == side]
 
 
 @pytest.mark.parametrize("side,phase", CASES)

@@ -104,9 +104,10 @@ int main(int argc, char** argv) {
                  "die (SIGKILL) between a checkpoint's dump and its commit (die-before-checkpoint-commit), "
                  "as a destination on receiving `commit` (die-at-commit), or once `committed` is sent "
                  "(die-after-committed; as a source: once it is received), or as a destination between "
-                 "making its copy outlive it and saying `committed` (die-after-standing-alone)")
+                 "making its copy outlive it and saying `committed` (die-after-standing-alone); as a source once its `restore` "
+                 "is delivered (die-after-restore-sent)")
       ->check(CLI::IsMember({"lose-committed", "hang-before-commit", "die-before-checkpoint-commit", "die-at-commit",
-                             "die-after-committed", "die-after-standing-alone"}))
+                             "die-after-committed", "die-after-standing-alone", "die-after-restore-sent"}))
       ->group("");
   elsa::TlsApiOptions tls_api;  // the API over TLS (README: "Reaching agents over the network")
   app.add_option("--api-listen", tls_api.listen, "HOST:PORT where the API is also served, over TLS 1.3 (off by default)");

@@ -360,6 +360,7 @@ Status MigrationSource::AwaitRestored() {
   // precopy: B restores lazily too, but from its own store: A is not needed once it runs.
   restore_sent_ = true;  // from now on B may hold the whole session: a failure is settled by asking
   ELSA_RETURN_IF_ERROR(channel_->Send(peer::EncodeControl(peer::Restore{manifest_, /*lazy=*/true}), 0));
+  if (host_.config().test_fault == "die-after-restore-sent" && channel_->Flush(30s).ok()) ::raise(SIGKILL);
   // Made before `restored` can come: B's session may fault before its restore is even reported.
   if (plan_)
     pusher_ = std::make_unique<PostcopyPusher>(*channel_, *plan_, HostPidsByVirtualPid(claim_->info().pid), known_);
