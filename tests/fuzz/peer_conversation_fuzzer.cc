@@ -88,7 +88,8 @@ class FuzzHost final : public MigrationHost {
     return Status::Unavailable("no restores while fuzzing");
   }
   Result<SessionInfo> RestoreAndAdopt(SessionInfo, const std::vector<std::string>&, const std::string&,
-                                      const std::string&, std::unique_ptr<LazyPageSupply>, CriuOutcome*) override {
+                                      const std::string&, std::unique_ptr<LazyPageSupply>, CriuOutcome*,
+                                      std::function<void(pid_t)>) override {
     return Status::Unavailable("no restores while fuzzing");
   }
   Status Stop(const std::string&, int) override { return Status::Ok(); }

@@ -75,9 +75,10 @@ class Agent::Host final : public MigrationHost {
   }
   Result<SessionInfo> RestoreAndAdopt(SessionInfo info, const std::vector<std::string>& output_pipes,
                                       const std::string& images_dir, const std::string& staging,
-                                      std::unique_ptr<LazyPageSupply> supply, CriuOutcome* outcome) override {
+                                      std::unique_ptr<LazyPageSupply> supply, CriuOutcome* outcome,
+                                      std::function<void(pid_t monitor)> on_monitor) override {
     return agent_.RestoreAndAdopt(std::move(info), output_pipes, images_dir, staging, std::move(supply), nullptr,
-                                  outcome);
+                                  outcome, on_monitor);
   }
   Status Stop(const std::string& name, int timeout_s) override { return agent_.Stop(name, timeout_s); }
   void MarkIncoming(const std::string& name, bool under_way) override;
@@ -413,7 +414,7 @@ Result<RestoreReport> Agent::RestoreReserved(const std::string& checkpoint_id, c
 Result<SessionInfo> Agent::RestoreAndAdopt(SessionInfo info, const std::vector<std::string>& output_pipes,
                                            const std::string& images_dir, const std::string& staging,
                                            std::unique_ptr<LazyPageSupply> supply, const ProgressFn& progress,
-                                           CriuOutcome* outcome) {
+                                           CriuOutcome* outcome, const std::function<void(pid_t monitor)>& on_monitor) {
   ELSA_ASSIGN_OR_RETURN(std::string criu_binary, CriuBinary());
   CriuDriver criu(criu_binary);
   auto remove_staging = [&] {
@@ -434,8 +435,10 @@ Result<SessionInfo> Agent::RestoreAndAdopt(SessionInfo info, const std::vector<s
                            std::move(pipe.read_end));
     CriuRestoreRequest request{images_fd.get(), work_fd.get(), {}, supply != nullptr, {}};
     for (const auto& key : output_pipes) request.inherit_fds.emplace_back(key, pipe.write_end.get());
-    request.launcher = [&monitor](const std::vector<std::string>& argv, const std::vector<int>& pass_fds) {
-      return monitor.Launch(argv, pass_fds);
+    request.launcher = [&](const std::vector<std::string>& argv, const std::vector<int>& pass_fds) {
+      auto launched = monitor.Launch(argv, pass_fds);
+      if (launched.ok() && on_monitor) on_monitor(monitor.pid());
+      return launched;
     };
     ELSA_ASSIGN_OR_RETURN(*outcome, criu.Restore(request, [&](const std::string& event) { Report(progress, "criu", event); }));
     pipe.write_end.Reset();

@@ -2,6 +2,7 @@
 
 #include <signal.h>
 
+#include <atomic>
 #include <mutex>
 
 #include "migrate/image_files.h"
@@ -10,6 +11,7 @@
 #include "migrate/postcopy.h"
 #include "migrate/steps.h"
 #include "session/host_memory.h"
+#include "session/tree_memory.h"
 #include "store/checkpoint_pages.h"
 
 namespace elsa {
@@ -209,17 +211,26 @@ Status MigrationDestination::RestoreWithPagesToCome(Manifest manifest) {
   reader_ = std::make_unique<PeerReader>(channel_, std::move(feed));
   ELSA_ASSIGN_OR_RETURN(std::unique_ptr<LazyPageSupply> supply, host_.pages().StartLazySupply(criu, source_, images_dir_));
   const std::string staging = staging_.Keep();  // the lazy daemon's until it is done
+  // A page that cannot be had must stop the session first: CRIU's lazy daemon giving up would
+  // let it fault in zeroes instead. Before the tree is adopted its pid is not known, and CRIU's
+  // restore waits forever on a task stuck on such a page: everything the restore's monitor runs
+  // (CRIU and the tree) ends, and the restore fails.
+  auto monitor = std::make_shared<std::atomic<pid_t>>(0);
+  source_->SetGiveUp([monitor] {
+    if (const pid_t m = monitor->load(); m > 0)
+      for (pid_t pid : TreePids(m))
+        if (pid != m) ::kill(pid, SIGKILL);
+  });
   SessionInfo info;
   info.name = begin_.session.name;
   info.command = manifest.command;
   info.workdir = manifest.workdir;
   info.started_at = manifest.session_started_at;
   CriuOutcome outcome;
-  ELSA_ASSIGN_OR_RETURN(SessionInfo adopted, host_.RestoreAndAdopt(std::move(info), manifest.output_pipes, images_dir_,
-                                                                   staging, std::move(supply), &outcome));
+  ELSA_ASSIGN_OR_RETURN(SessionInfo adopted,
+                        host_.RestoreAndAdopt(std::move(info), manifest.output_pipes, images_dir_, staging,
+                                              std::move(supply), &outcome, [monitor](pid_t m) { monitor->store(m); }));
   restored_pid_ = adopted.pid;
-  // A page that cannot be had must stop the session first: CRIU's lazy daemon giving up would
-  // let it fault in zeroes instead.
   source_->SetGiveUp([pid = adopted.pid] { ::kill(pid, SIGKILL); });
   peer::Restored reply;
   reply.pid = adopted.pid;

@@ -53,9 +53,12 @@ class MigrationHost {
   virtual Result<RestoreReport> RestoreReserved(const std::string& checkpoint_id, const RestoreOptions& options,
                                                 const ProgressFn& progress) = 0;
   // Restores images with CRIU and adopts the tree as session `info.name` (see Agent).
+  // `on_monitor` learns the pid of the monitor running the restore (CRIU and the tree are its
+  // children) as soon as it runs.
   virtual Result<SessionInfo> RestoreAndAdopt(SessionInfo info, const std::vector<std::string>& output_pipes,
                                               const std::string& images_dir, const std::string& staging,
-                                              std::unique_ptr<LazyPageSupply> supply, CriuOutcome* outcome) = 0;
+                                              std::unique_ptr<LazyPageSupply> supply, CriuOutcome* outcome,
+                                              std::function<void(pid_t monitor)> on_monitor) = 0;
   virtual Status Stop(const std::string& name, int timeout_s) = 0;
   // An incoming migration of `name` is under way here (its destination half runs) or over.
   virtual void MarkIncoming(const std::string& name, bool under_way) = 0;

@@ -77,6 +77,7 @@ class RestoreMonitor {
   Result<std::function<int()>> Launch(const std::vector<std::string>& criu_argv, const std::vector<int>& pass_fds);
   // The restored root, now supervised by the monitor (which must find `restored_pid` its child).
   Result<StartedMonitor> Adopt(pid_t restored_pid);
+  pid_t pid() const { return monitor_.pid(); }
 
  private:
   int WaitForCriu();

@@ -199,7 +199,7 @@ class Agent {
   Result<SessionInfo> RestoreAndAdopt(SessionInfo info, const std::vector<std::string>& output_pipes,
                                       const std::string& images_dir, const std::string& staging,
                                       std::unique_ptr<LazyPageSupply> supply, const ProgressFn& progress,
-                                      CriuOutcome* outcome);
+                                      CriuOutcome* outcome, const std::function<void(pid_t monitor)>& on_monitor = {});
   // A lazily restored session's pages keep arriving after Restore returns; this waits for
   // them in the background and records the outcome on the session.
   void FinishPagingIn(uint64_t serial, std::unique_ptr<LazyPageSupply> supply, std::string staging);
